@@ -1,0 +1,1 @@
+"""FHIR values shared by every layer: JSON codec, OperationOutcome, dates, references."""

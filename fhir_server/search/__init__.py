@@ -1,0 +1,1 @@
+"""Search: index extraction at write time, query parsing, per-store compilation, paging."""

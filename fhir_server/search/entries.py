@@ -1,0 +1,113 @@
+"""The search-index model shared by every store (see docs/adr/0002-search-index.md).
+
+At write time each resource is reduced to typed entries, one per value of each
+search parameter. Stores materialise them natively (side tables in SQLite,
+embedded arrays in MongoDB) and never query the resource JSON itself.
+
+Conventions every producer and store relies on:
+
+* dates are closed ranges ``[low, high]`` of integer microseconds since
+  1970-01-01T00:00:00Z; a value is widened to its precision ("2020" covers the whole
+  year), values without a time zone are read as UTC, open period ends use
+  :data:`DATE_MIN` / :data:`DATE_MAX`;
+* strings are kept twice: ``normalized`` (case-folded, accents stripped, whitespace
+  collapsed) for the default starts-with / ``:contains`` match, and ``exact``;
+* numbers and quantities are closed ranges ``[low, high]`` from their precision
+  (``1.5`` covers 1.45 .. 1.55), as floats;
+* token modifiers that need a different key are stored under a derived parameter
+  name: ``identifier:of-type`` (system/code of ``Identifier.type``, code
+  ``"<type code>|<value>"``) and ``<reference param>:identifier`` (the logical
+  ``Reference.identifier``), so stores need no special columns for them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DATE_MIN = -62135596800_000000  # 0001-01-01T00:00:00Z
+DATE_MAX = 253402300799_999999  # 9999-12-31T23:59:59.999999Z
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    param: str
+    system: str | None
+    code: str | None
+    text: str | None = None  # normalised display / CodeableConcept.text, for :text
+
+
+@dataclass(frozen=True)
+class StringEntry:
+    param: str
+    normalized: str
+    exact: str
+
+
+@dataclass(frozen=True)
+class DateEntry:
+    param: str
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class NumberEntry:
+    param: str
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class QuantityEntry:
+    param: str
+    low: float
+    high: float
+    system: str | None
+    code: str | None  # unit code (or the unit text when no code is given)
+    canonical_code: str | None = None  # UCUM canonical unit when convertible
+    canonical_low: float | None = None
+    canonical_high: float | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceEntry:
+    param: str
+    target_type: str | None  # resource type for a local reference
+    target_id: str | None
+    url: str | None = None  # absolute or canonical URL when the target is not local
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class UriEntry:
+    param: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class CompositeEntry:
+    """One combination of component values, e.g. Observation code-value-quantity."""
+
+    param: str
+    components: tuple  # one entry per SearchParameter.component, in order
+
+
+@dataclass
+class IndexEntries:
+    """Everything a store indexes for one resource version."""
+
+    tokens: list[TokenEntry] = field(default_factory=list)
+    strings: list[StringEntry] = field(default_factory=list)
+    dates: list[DateEntry] = field(default_factory=list)
+    numbers: list[NumberEntry] = field(default_factory=list)
+    quantities: list[QuantityEntry] = field(default_factory=list)
+    references: list[ReferenceEntry] = field(default_factory=list)
+    uris: list[UriEntry] = field(default_factory=list)
+    composites: list[CompositeEntry] = field(default_factory=list)
+
+    def params(self) -> set[str]:
+        """Names of the parameters that have at least one value (``:missing`` uses it)."""
+        out: set[str] = set()
+        for bucket in (self.tokens, self.strings, self.dates, self.numbers, self.quantities,
+                       self.references, self.uris, self.composites):
+            out.update(e.param for e in bucket)
+        return out
