@@ -1,0 +1,104 @@
+"""The application factory: builds every service once and wires them together explicitly."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from flask import Flask
+
+from fhir_server.access.gate import AccessGate, ClosedGate, OpenGate
+from fhir_server.definitions import Definitions
+from fhir_server.http.rendering import Renderer
+from fhir_server.search.extract import Indexer
+from fhir_server.search.parameters import SearchParameterRegistry
+from fhir_server.search.parse import SearchParser
+from fhir_server.search.query import AnyOf, Clause, ReferenceValue
+from fhir_server.services.resources import ResourceService
+from fhir_server.services.search import SearchService
+from fhir_server.settings import Settings
+from fhir_server.store import Store, open_store
+from fhir_server.validation.structure import StructureValidator
+
+
+@dataclass
+class Engine:
+    """What is compiled from the FHIR definitions at start-up: costly once, then shared and read-only."""
+
+    definitions: Definitions
+    validator: StructureValidator
+    registry: SearchParameterRegistry
+    indexer: Indexer
+    renderer: Renderer
+
+    @classmethod
+    def build(cls, definitions: Definitions | None = None) -> "Engine":
+        definitions = definitions or Definitions()
+        registry = SearchParameterRegistry(definitions)
+        return cls(definitions, StructureValidator(definitions), registry, Indexer(registry), Renderer(definitions))
+
+
+@dataclass
+class FHIRServer:
+    """Everything a request handler may use; one per application (``app.extensions["fhir"]``)."""
+
+    settings: Settings
+    engine: Engine
+    store: Store
+    gate: AccessGate
+    parser: SearchParser = field(init=False)
+    resources: ResourceService = field(init=False)
+    search: SearchService = field(init=False)
+
+    def __post_init__(self) -> None:
+        engine = self.engine
+        served = frozenset(engine.definitions.served)
+        self.parser = SearchParser(engine.registry, served, self.settings.base_url or "")
+        self.resources = ResourceService(engine.definitions, self.store, engine.validator, engine.indexer,
+                                         self.parser, self.gate)
+        self.search = SearchService(self.store, self.parser, engine.indexer, self.gate, served)
+        self._capability: dict | None = None
+
+    @property
+    def definitions(self) -> Definitions:
+        return self.engine.definitions
+
+    @property
+    def renderer(self) -> Renderer:
+        return self.engine.renderer
+
+    @property
+    def indexer(self) -> Indexer:
+        return self.engine.indexer
+
+    def capability(self, base_url: str) -> dict:
+        from fhir_server.services.capability import capability_statement
+        if self._capability is None:
+            self._capability = capability_statement(self.definitions, self.engine.registry)
+        return dict(self._capability, implementation={"description": "DMP FHIR server", "url": base_url})
+
+    @staticmethod
+    def compartment_clause(rtype: str, compartment_type: str, compartment_id: str, params: tuple[str, ...]):
+        """A clause matching resources of ``rtype`` in the compartment: any of its linking parameters."""
+        value = (ReferenceValue(compartment_type, compartment_id),)
+        clauses = tuple(Clause(p, "reference", None, value) for p in params)
+        return clauses[0] if len(clauses) == 1 else AnyOf(clauses)
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None, gate: AccessGate | None = None,
+               engine: Engine | None = None) -> Flask:
+    """Build the Flask application. Tests pass their own store, gate and engine; ``serve`` passes settings."""
+    settings = settings or Settings.from_env()
+    if gate is None:
+        gate = OpenGate() if settings.insecure_no_auth else ClosedGate()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    server = FHIRServer(settings, engine or Engine.build(), store or open_store(settings.store_url), gate)
+    app.extensions["fhir"] = server
+
+    from fhir_server.http import errors
+    from fhir_server.http.api import api
+    errors.register(app)
+    app.register_blueprint(api, url_prefix="/fhir")
+    app.url_map.strict_slashes = False
+    logging.basicConfig(level=logging.INFO)
+    return app

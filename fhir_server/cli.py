@@ -1,0 +1,180 @@
+"""The ``fhir-server`` command: ``serve``, ``load`` and ``reindex``."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from fhir_server.settings import DEFAULT_STORE, Settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server for the shared medical record")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the FHIR API with a production WSGI server (gunicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--store", help=f"sqlite:///PATH or mongodb://... (default $FHIR_SERVER_STORE or "
+                                       f"{DEFAULT_STORE})")
+    serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    serve.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    serve.add_argument("--base-url", help="public base URL of the API, e.g. https://host/fhir")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="serve without authentication (development only; loopback hosts only)")
+
+    load = sub.add_parser("load", help="import FHIR JSON files, Bundles and NDJSON through validation")
+    load.add_argument("paths", nargs="+", type=Path)
+    load.add_argument("--store")
+    load.add_argument("--quiet", action="store_true", help="no progress line")
+
+    reindex = sub.add_parser("reindex", help="rebuild the search index of stored resources")
+    reindex.add_argument("--store")
+    reindex.add_argument("--type", action="append", dest="types", help="only these types (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"serve": serve, "load": load, "reindex": reindex}[args.command](args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    if args.insecure_no_auth and not is_loopback(args.host):
+        print(f"refusing --insecure-no-auth on non-loopback host {args.host}: without authentication the "
+              "record must only be reachable from this machine", file=sys.stderr)
+        return 2
+    settings = Settings.from_env(store_url=args.store, base_url=args.base_url,
+                                 insecure_no_auth=True if args.insecure_no_auth else None)
+    from gunicorn.app.base import BaseApplication
+
+    from fhir_server.app import create_app
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("keepalive", 5)
+            self.cfg.set("accesslog", "-")
+            self.cfg.set("max_requests", 100_000)
+            self.cfg.set("max_requests_jitter", 1000)
+
+        def load(self):
+            return create_app(settings)
+
+    create_app(settings).extensions["fhir"].store.close()  # fail fast on a bad store URL, create the schema once
+    print(f"serving FHIR R4 at http://{args.host}:{args.port}/fhir on {settings.store_url}"
+          + (" WITHOUT AUTHENTICATION" if settings.insecure_no_auth else ""), file=sys.stderr)
+    Server().run()
+    return 0
+
+
+def iter_resources(path: Path) -> Iterator[tuple[str, object]]:
+    """(where, parsed resource or error) for every resource in a JSON file, Bundle or NDJSON file."""
+    from fhir_server.model import jsonio
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".ndjson")) if path.is_dir() else [path]
+    for file in files:
+        if file.suffix == ".ndjson":
+            with file.open("rb") as handle:
+                for number, line in enumerate(handle, 1):
+                    if line.strip():
+                        yield from _parsed(f"{file}:{number}", line, jsonio)
+            continue
+        for where, item in _parsed(str(file), file.read_bytes(), jsonio):
+            if isinstance(item, dict) and item.get("resourceType") == "Bundle" and \
+                    item.get("type") in ("transaction", "batch", "collection", "searchset"):
+                yield from _bundle_resources(where, item)
+            else:
+                yield where, item
+
+
+def _bundle_resources(where: str, bundle: dict) -> Iterator[tuple[str, object]]:
+    """The entries' resources, with ``urn:uuid`` full URLs rewritten to the ids they will be stored under."""
+    import uuid
+
+    from fhir_server.model.references import rewrite_references
+    entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict)]
+    mapping = {}
+    for entry in entries:
+        resource = entry.get("resource")
+        full_url = entry.get("fullUrl", "")
+        if isinstance(resource, dict) and full_url.startswith("urn:uuid:"):
+            resource.setdefault("id", str(uuid.uuid4()))
+            mapping[full_url] = f"{resource.get('resourceType')}/{resource['id']}"
+    for index, entry in enumerate(entries):
+        yield f"{where}#entry[{index}]", rewrite_references(entry.get("resource"), mapping)
+
+
+def _parsed(where: str, data: bytes, jsonio) -> Iterator[tuple[str, object]]:
+    try:
+        yield where, jsonio.loads(data)
+    except jsonio.JSONError as exc:
+        yield where, exc
+
+
+def load(args: argparse.Namespace) -> int:
+    from fhir_server.access.gate import ANONYMOUS, OpenGate
+    from fhir_server.app import create_app
+    from fhir_server.model.outcome import FHIRError
+
+    settings = Settings.from_env(store_url=args.store, insecure_no_auth=True)
+    server = create_app(settings, gate=OpenGate()).extensions["fhir"]
+    loaded, rejected = 0, []
+    items = [item for path in args.paths for item in iter_resources(path)]
+    for number, (where, resource) in enumerate(items, 1):
+        try:
+            if isinstance(resource, Exception):
+                raise FHIRError.of(400, "structure", str(resource))
+            if not isinstance(resource, dict) or "resourceType" not in resource:
+                raise FHIRError.of(400, "structure", "not a FHIR resource")
+            rtype = resource["resourceType"]
+            if resource.get("id"):
+                server.resources.update(ANONYMOUS, rtype, resource["id"], resource)
+            else:
+                server.resources.create(ANONYMOUS, rtype, resource)
+            loaded += 1
+        except FHIRError as exc:
+            rejected.append((where, "; ".join(f"{i.expression or ''} {i.diagnostics}".strip() for i in exc.issues)))
+        if not args.quiet and (number % 100 == 0 or number == len(items)):
+            print(f"\rloading {number}/{len(items)}  loaded {loaded}  rejected {len(rejected)}", end="",
+                  file=sys.stderr)
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(f"{loaded} resources loaded, {len(rejected)} rejected")
+    for where, why in rejected:
+        print(f"  rejected {where}: {why}")
+    server.store.close()
+    return 0 if not rejected else 1
+
+
+def reindex(args: argparse.Namespace) -> int:
+    from fhir_server.app import create_app
+    from fhir_server.model import jsonio
+
+    settings = Settings.from_env(store_url=args.store, insecure_no_auth=True)
+    server = create_app(settings).extensions["fhir"]
+    types = args.types or sorted(server.definitions.served)
+    total = 0
+    for rtype in types:
+        count = server.store.reindex(rtype, lambda stored: server.indexer.index(jsonio.loads(stored.body)))
+        print(f"{rtype}: {count} reindexed")
+        total += count
+    print(f"{total} resources reindexed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The single access gate: who may do what on which part of the record."""

@@ -1,0 +1,297 @@
+"""The FHIR RESTful API (R4 http.html) at ``/fhir``: one blueprint, thin handlers.
+
+Handlers parse the HTTP request (ids, headers, body), call a service and shape
+the response (status, ETag, Location, Prefer). They hold no FHIR logic of their own.
+"""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, current_app, g, request
+
+from fhir_server.http.negotiation import read_json, response_type
+from fhir_server.http.rendering import version_headers
+from fhir_server.model import jsonio
+from fhir_server.model.outcome import FHIRError, Issue, operation_outcome
+from fhir_server.store.base import StoredResource
+
+api = Blueprint("fhir", __name__)
+
+TYPE = "<string(minlength=1):rtype>"
+ID = "<string(minlength=1):rid>"
+
+
+def fhir() -> Any:
+    """The application's services (see ``fhir_server.app.FHIRServer``)."""
+    return current_app.extensions["fhir"]
+
+
+def base_url() -> str:
+    configured = fhir().settings.base_url
+    return configured.rstrip("/") if configured else request.host_url.rstrip("/") + "/fhir"
+
+
+PUBLIC_ENDPOINTS = {"fhir.metadata"}
+
+
+@api.before_request
+def before() -> None:
+    g.mime = response_type(request)
+    if request.endpoint not in PUBLIC_ENDPOINTS:
+        g.principal = fhir().gate.principal(request.headers.get("Authorization"))
+
+
+def respond(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    pretty = request.args.get("_pretty") == "true"
+    data = body if isinstance(body, bytes) else jsonio.dumps(body, pretty=pretty)
+    if pretty and isinstance(body, bytes):
+        data = jsonio.dumps(jsonio.loads(body), pretty=True)
+    response = Response(data, status=status, mimetype=g.get("mime", "application/fhir+json"))
+    response.headers["Content-Type"] = f"{response.mimetype}; charset=utf-8"
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def resource_response(stored: StoredResource, status: int = 200, *, location: bool = False,
+                      issues: list[Issue] | None = None) -> Response:
+    headers = version_headers(stored)
+    if location:
+        headers["Location"] = f"{base_url()}/{stored.type}/{stored.id}/_history/{stored.version}"
+    prefer = _prefer("return")
+    if prefer == "minimal":
+        response = Response(b"", status=status)
+        for key, value in headers.items():
+            response.headers[key] = value
+        return response
+    if prefer == "OperationOutcome":
+        return respond(operation_outcome(issues or []), status, headers)
+    summary, elements = request.args.get("_summary"), request.args.get("_elements")
+    if summary or elements:
+        body = fhir().renderer.body(stored, summary, elements.split(",") if elements else None)
+        return respond(body, status, headers)
+    return respond(stored.body, status, headers)
+
+
+def _prefer(name: str) -> str | None:
+    for part in request.headers.get("Prefer", "").split(";"):
+        for item in part.split(","):
+            key, _, value = item.strip().partition("=")
+            if key.strip() == name:
+                return value.strip().strip('"')
+    return None
+
+
+def _if_match() -> int | None:
+    value = request.headers.get("If-Match")
+    if not value:
+        return None
+    tag = value.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise FHIRError.of(400, "invalid", f"If-Match must be an ETag such as W/\"3\", not {value!r}")
+    return int(tag)
+
+
+def _criteria() -> str:
+    return urlencode([(k, v) for k, v in request.args.items(multi=True) if not k.startswith("_format")
+                      and k != "_pretty"])
+
+
+# -- instance level -----------------------------------------------------------------------------
+@api.get(f"/{TYPE}/{ID}")
+def read(rtype: str, rid: str) -> Response:
+    stored = fhir().resources.read(g.principal, rtype, rid)
+    if _not_modified(stored):
+        return Response(status=304, headers=version_headers(stored))
+    return resource_response(stored)
+
+
+def _not_modified(stored: StoredResource) -> bool:
+    none_match = request.headers.get("If-None-Match")
+    if none_match:
+        tags = {t.strip().removeprefix("W/").strip('"') for t in none_match.split(",")}
+        return str(stored.version) in tags or "*" in tags
+    since = request.if_modified_since
+    if since is not None:
+        from datetime import datetime
+        modified = datetime.fromisoformat(stored.last_updated.replace("Z", "+00:00")).replace(microsecond=0)
+        return modified <= since
+    return False
+
+
+@api.get(f"/{TYPE}/{ID}/_history/<string:vid>")
+def vread(rtype: str, rid: str, vid: str) -> Response:
+    return resource_response(fhir().resources.vread(g.principal, rtype, rid, vid))
+
+
+@api.put(f"/{TYPE}/{ID}")
+def update(rtype: str, rid: str) -> Response:
+    result = fhir().resources.update(g.principal, rtype, rid, read_json(request), _if_match())
+    return resource_response(result.resource, 201 if result.created else 200, location=True, issues=result.outcome)
+
+
+@api.patch(f"/{TYPE}/{ID}")
+def patch(rtype: str, rid: str) -> Response:
+    result = fhir().resources.patch(g.principal, rtype, rid, read_json(request, patch=True), _if_match())
+    return resource_response(result.resource, 200, issues=result.outcome)
+
+
+@api.delete(f"/{TYPE}/{ID}")
+def delete(rtype: str, rid: str) -> Response:
+    marker = fhir().resources.delete(g.principal, rtype, rid)
+    headers = {"ETag": f'W/"{marker.version}"'} if marker else {}
+    return respond(operation_outcome([Issue("information", "informational",
+                                            f"{rtype}/{rid} deleted" if marker else f"{rtype}/{rid} was not there "
+                                            "or already deleted: nothing to do")]), 200, headers)
+
+
+@api.get(f"/{TYPE}/{ID}/_history")
+def history_instance(rtype: str, rid: str) -> Response:
+    return _history(rtype, rid)
+
+
+# -- type level ---------------------------------------------------------------------------------
+@api.post(f"/{TYPE}")
+def create(rtype: str) -> Response:
+    result = fhir().resources.create(g.principal, rtype, read_json(request), request.headers.get("If-None-Exist"))
+    return resource_response(result.resource, 201 if result.created else 200, location=True,
+                             issues=result.outcome)
+
+
+@api.put(f"/{TYPE}")
+def conditional_update(rtype: str) -> Response:
+    criteria = _require_criteria("update")
+    result = fhir().resources.conditional_update(g.principal, rtype, criteria, read_json(request), _if_match())
+    return resource_response(result.resource, 201 if result.created else 200, location=True, issues=result.outcome)
+
+
+@api.patch(f"/{TYPE}")
+def conditional_patch(rtype: str) -> Response:
+    criteria = _require_criteria("patch")
+    result = fhir().resources.conditional_patch(g.principal, rtype, criteria, read_json(request, patch=True),
+                                                _if_match())
+    return resource_response(result.resource, 200, issues=result.outcome)
+
+
+@api.delete(f"/{TYPE}")
+def conditional_delete(rtype: str) -> Response:
+    criteria = _require_criteria("delete")
+    count = fhir().resources.conditional_delete(g.principal, rtype, criteria)
+    message = f"{count} resource(s) deleted" if count else "No resource matched: nothing to delete"
+    return respond(operation_outcome([Issue("information", "informational", message)]), 200)
+
+
+def _require_criteria(interaction: str) -> str:
+    criteria = _criteria()
+    if not criteria:
+        raise FHIRError.of(400, "invalid", f"A conditional {interaction} needs search criteria in the URL; "
+                           f"to {interaction} one resource use its id: [type]/[id]")
+    return criteria
+
+
+@api.get(f"/{TYPE}/_history")
+def history_type(rtype: str) -> Response:
+    return _history(rtype, None)
+
+
+@api.get("/_history")
+def history_system() -> Response:
+    return _history(None, None)
+
+
+def _history(rtype: str | None, rid: str | None) -> Response:
+    from fhir_server.http.bundles import history_bundle
+    args = request.args
+    count = args.get("_count", "50")
+    if not count.isdigit():
+        raise FHIRError.of(400, "invalid", "_count must be a non-negative integer", "_count")
+    since = _instant_arg("_since")
+    at = _instant_arg("_at")
+    page = fhir().resources.history(g.principal, rtype, rid, since=since, at=at,
+                                    count=min(int(count), 1000), cursor=args.get("_page"))
+    return respond(history_bundle(page, base_url(), request.path, args))
+
+
+def _instant_arg(name: str) -> str | None:
+    value = request.args.get(name)
+    if value is None:
+        return None
+    from fhir_server.model.dates import format_instant, parse_range
+    try:
+        return format_instant(parse_range(value)[0])
+    except ValueError:
+        raise FHIRError.of(400, "invalid", f"{name} must be a FHIR instant, not '{value}'", name) from None
+
+
+# -- search -------------------------------------------------------------------------------------
+@api.get(f"/{TYPE}")
+def search_type(rtype: str) -> Response:
+    return _search((rtype,), list(request.args.items(multi=True)))
+
+
+@api.post(f"/{TYPE}/_search")
+def search_type_post(rtype: str) -> Response:
+    return _search((rtype,), _form_params())
+
+
+@api.get("/")
+@api.get("")
+def search_system() -> Response:
+    return _search(_types_param(request.args.getlist("_type")), list(request.args.items(multi=True)))
+
+
+@api.post("/_search")
+def search_system_post() -> Response:
+    params = _form_params()
+    return _search(_types_param([v for k, v in params if k == "_type"]), params)
+
+
+@api.get(f"/Patient/{ID}/{TYPE}")
+def search_compartment(rid: str, rtype: str) -> Response:
+    if rtype == "_history":  # the router cannot tell /Patient/{id}/_history from a compartment search
+        return _history("Patient", rid)
+    if rtype == "*":
+        raise FHIRError.of(400, "not-supported", "Compartment search over every type is not supported; "
+                           "name a type")
+    links = fhir().definitions.patient_compartment.get(rtype)
+    if not links:
+        raise FHIRError.of(404, "not-found", f"{rtype} is not in the Patient compartment")
+    fhir().resources.read(g.principal, "Patient", rid)  # 404/410 for an unknown patient
+    return _search((rtype,), list(request.args.items(multi=True)), compartment=("Patient", rid, tuple(links)))
+
+
+def _form_params() -> list[tuple[str, str]]:
+    if request.mimetype not in ("application/x-www-form-urlencoded", "", None):
+        raise FHIRError.of(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
+    return list(request.args.items(multi=True)) + list(request.form.items(multi=True))
+
+
+def _types_param(values: list[str]) -> tuple[str, ...]:
+    types = tuple(t for value in values for t in value.split(",") if t)
+    unknown = [t for t in types if not fhir().definitions.is_served(t)]
+    if unknown:
+        raise FHIRError.of(400, "invalid", f"_type names types this server does not serve: {', '.join(unknown)}",
+                           "_type")
+    return types
+
+
+def _search(types: tuple[str, ...], params: list[tuple[str, str]],
+            compartment: tuple[str, str, tuple[str, ...]] | None = None) -> Response:
+    from fhir_server.http.bundles import search_bundle
+    for rtype in types:
+        fhir().resources.served(rtype, "search-type")
+    strict = _prefer("handling") == "strict"
+    params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
+    parsed = fhir().parser.parse(types, params, strict=strict)
+    if compartment is not None:
+        parsed.query.clauses.append(fhir().compartment_clause(types[0], *compartment))
+    result = fhir().search.search(g.principal, parsed)
+    path = request.path if request.method == "GET" else request.path.removesuffix("/_search")
+    return respond(search_bundle(result, parsed, base_url(), path, fhir().renderer))
+
+
+# -- capability ---------------------------------------------------------------------------------
+@api.get("/metadata")
+def metadata() -> Response:
+    return respond(fhir().capability(base_url()))

@@ -1,0 +1,78 @@
+"""The CapabilityStatement, generated from the registry and the search parameters actually indexed.
+
+Nothing here is hand-listed per type, so the statement cannot drift from what runs.
+"""
+from __future__ import annotations
+
+from fhir_server import __version__
+from fhir_server.definitions import Definitions
+from fhir_server.search.parameters import SearchParameterRegistry
+
+INTERACTION_ORDER = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+                     "search-type")
+SUPPORTED_SEARCH_TYPES = {"number", "date", "string", "token", "reference", "composite", "quantity", "uri"}
+
+
+def _search_params(registry: SearchParameterRegistry, rtype: str) -> list[dict]:
+    out = []
+    for code, param in sorted(registry.for_type(rtype).items()):
+        if param.type not in SUPPORTED_SEARCH_TYPES:
+            continue
+        if param.expression is None and code not in ("_id", "_lastUpdated"):
+            continue
+        entry = {"name": code, "definition": param.url, "type": param.type}
+        if param.description:
+            entry["documentation"] = param.description
+        out.append(entry)
+    return out
+
+
+def capability_statement(definitions: Definitions, registry: SearchParameterRegistry) -> dict:
+    resources = []
+    for rtype, served in sorted(definitions.served.items()):
+        params = _search_params(registry, rtype)
+        writable = bool(served.interactions & {"update", "create"})
+        entry = {
+            "type": rtype,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+            "interaction": [{"code": code} for code in INTERACTION_ORDER if code in served.interactions],
+            "versioning": "versioned",
+            "readHistory": True,
+            "updateCreate": "update" in served.interactions,
+            "conditionalCreate": "create" in served.interactions,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": "update" in served.interactions,
+            "conditionalDelete": "single" if "delete" in served.interactions else "not-supported",
+            "searchInclude": sorted(f"{rtype}:{p['name']}" for p in params if p["type"] == "reference"),
+            "searchRevInclude": sorted(
+                f"{other}:{p['name']}" for other in definitions.served
+                for p in _search_params(registry, other)
+                if p["type"] == "reference" and rtype in (registry.get(other, p["name"]).targets or ())),
+            "searchParam": params,
+        }
+        if served.profiles:
+            entry["supportedProfile"] = list(served.profiles)
+        if not writable:
+            entry.pop("updateCreate")
+        resources.append(entry)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-25",
+        "publisher": "fhir-dmp-server",
+        "kind": "instance",
+        "software": {"name": "fhir-dmp-server", "version": __version__},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "FHIR R4 REST API of the shared medical record (DMP)",
+            "resource": resources,
+            "interaction": [{"code": "history-system"}, {"code": "search-system"}],
+            "searchParam": [
+                {"name": "_type", "type": "token",
+                 "documentation": "Resource types to search across (system-level search)"},
+            ],
+        }],
+    }

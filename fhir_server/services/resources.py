@@ -1,0 +1,288 @@
+"""The RESTful interactions on resources: create, read, vread, update, patch, delete, history.
+
+This is where a request becomes a store write: the service checks the gate,
+validates, assigns the version and ``meta``, extracts the index entries and hands
+one atomic unit to the store. It knows nothing about HTTP; the REST layer maps its
+results and :class:`FHIRError` to responses.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import jsonpatch
+
+from fhir_server.access.gate import AccessGate, Principal
+from fhir_server.definitions import Definitions
+from fhir_server.model import jsonio
+from fhir_server.model.outcome import FHIRError, Issue, bad_request, not_found
+from fhir_server.search.extract import Indexer
+from fhir_server.search.parse import SearchParser
+from fhir_server.store.base import AlreadyExists, HistoryPage, Store, StoredResource, Transaction, VersionConflict
+from fhir_server.validation.structure import StructureValidator
+
+MAX_RETRIES = 20
+
+
+def utc_now() -> str:
+    """The current instant as FHIR ``instant`` text in UTC with microseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    resource: StoredResource
+    created: bool  # a new logical resource (201) rather than a new version (200)
+    outcome: list[Issue]  # warnings and information from validation
+
+
+class ResourceService:
+    """Interactions on single resources, for every served type (driven by the registry)."""
+
+    def __init__(self, definitions: Definitions, store: Store, validator: StructureValidator, indexer: Indexer,
+                 parser: SearchParser, gate: AccessGate, clock: Callable[[], str] = utc_now):
+        self.definitions = definitions
+        self.store = store
+        self.validator = validator
+        self.indexer = indexer
+        self.parser = parser
+        self.gate = gate
+        self.clock = clock
+
+    # -- helpers -----------------------------------------------------------------------------
+    def served(self, rtype: str, interaction: str | None = None) -> None:
+        entry = self.definitions.served.get(rtype)
+        if entry is None:
+            raise not_found(f"Resource type '{rtype}' is not served here")
+        if interaction is not None and interaction not in entry.interactions:
+            raise FHIRError.of(405, "not-supported", f"The {interaction} interaction is not allowed on {rtype}")
+
+    def validate(self, resource: Any, rtype: str, rid: str | None) -> list[Issue]:
+        """Validate a body for a write on ``rtype``; raise 400 with every error, return the warnings."""
+        if not isinstance(resource, dict):
+            raise bad_request("The body must be a JSON object holding a FHIR resource", code="structure")
+        if resource.get("resourceType") != rtype:
+            raise bad_request(f"resourceType '{resource.get('resourceType')}' does not match the URL type "
+                              f"'{rtype}'", "resourceType")
+        if rid is not None and resource.get("id") != rid:
+            raise bad_request(f"The resource id '{resource.get('id')}' does not match the URL id '{rid}'"
+                              if "id" in resource else "The resource must carry the id given in the URL",
+                              f"{rtype}.id")
+        issues = self.validator.validate(resource)
+        errors = [i for i in issues if i.severity in ("error", "fatal")]
+        if errors:
+            raise FHIRError(400, errors + [i for i in issues if i not in errors])
+        return issues
+
+    def stamp(self, resource: dict, rid: str, version: int, now: str) -> dict:
+        """Set id and meta.versionId/lastUpdated; everything else stays as the client sent it."""
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = now
+        out = {"resourceType": resource["resourceType"], "id": rid, "meta": meta}
+        out.update((k, v) for k, v in resource.items() if k not in out)
+        out["meta"] = meta
+        return out
+
+    def _write(self, tx: Transaction, resource: dict, rid: str, current: StoredResource | None,
+               method: str) -> StoredResource:
+        version = (current.version + 1) if current else 1
+        now = self.clock()
+        stamped = self.stamp(resource, rid, version, now)
+        stored = StoredResource(stamped["resourceType"], rid, version, now, False, jsonio.dumps(stamped), method)
+        tx.put(stored, self.indexer.index(stamped), expected_version=current.version if current else None)
+        return stored
+
+    @staticmethod
+    def check_if_match(current: StoredResource | None, if_match: int | None) -> None:
+        if if_match is None:
+            return
+        if current is None or current.deleted or current.version != if_match:
+            raise FHIRError.of(412, "conflict", f"Version mismatch: If-Match asks for version {if_match}, the "
+                               f"current version is {current.version if current else 'none'}")
+
+    # -- create ------------------------------------------------------------------------------
+    def create(self, principal: Principal, rtype: str, resource: Any,
+               if_none_exist: str | None = None) -> WriteResult:
+        self.served(rtype, "create")
+        issues = self.validate(resource, rtype, None)
+        self.gate.authorize(principal, "create", rtype, resource)
+        query = self.parser.criteria(rtype, if_none_exist) if if_none_exist else None
+        with self.store.transaction() as tx:
+            if query is not None:
+                matches = tx.search(query)
+                if len(matches) > 1:
+                    raise FHIRError.of(412, "multiple-matches", f"If-None-Exist matched {len(matches)} resources")
+                if matches:
+                    existing = tx.current(*matches[0])
+                    return WriteResult(existing, False, issues)
+                try:
+                    tx.claim(f"{rtype}?{self.parser.canonical_criteria(if_none_exist)}")
+                except AlreadyExists:
+                    raise FHIRError.of(409, "conflict", "Another request is creating a resource matching "
+                                       f"'{if_none_exist}'; retry to get its result") from None
+            rid = str(uuid.uuid4())
+            stored = self._write(tx, resource, rid, None, "POST")
+        return WriteResult(stored, True, issues)
+
+    # -- read --------------------------------------------------------------------------------
+    def read(self, principal: Principal, rtype: str, rid: str) -> StoredResource:
+        self.served(rtype, "read")
+        current = self.store.read(rtype, rid)
+        self.gate.authorize(principal, "read", rtype, None)
+        if current is None:
+            raise not_found(f"{rtype}/{rid} is not known")
+        if current.deleted:
+            raise FHIRError.of(410, "deleted", f"{rtype}/{rid} was deleted (version {current.version})",
+                               headers={"ETag": f'W/"{current.version}"'})
+        return current
+
+    def vread(self, principal: Principal, rtype: str, rid: str, version: str) -> StoredResource:
+        self.served(rtype, "vread")
+        if not version.isdigit():
+            raise not_found(f"{rtype}/{rid} has no version '{version}'")
+        stored = self.store.vread(rtype, rid, int(version))
+        self.gate.authorize(principal, "vread", rtype, None)
+        if stored is None:
+            raise not_found(f"{rtype}/{rid} has no version {version}")
+        if stored.deleted:
+            raise FHIRError.of(410, "deleted", f"Version {version} of {rtype}/{rid} is a deletion")
+        return stored
+
+    # -- update ------------------------------------------------------------------------------
+    def update(self, principal: Principal, rtype: str, rid: str, resource: Any,
+               if_match: int | None = None) -> WriteResult:
+        self.served(rtype, "update")
+        issues = self.validate(resource, rtype, rid)
+        self.gate.authorize(principal, "update", rtype, resource)
+        for _ in range(MAX_RETRIES):
+            try:
+                with self.store.transaction() as tx:
+                    current = tx.current(rtype, rid)
+                    self.check_if_match(current, if_match)
+                    if current is not None and not current.deleted and self._unchanged(current, resource):
+                        return WriteResult(current, False, issues)
+                    stored = self._write(tx, resource, rid, current, "PUT")
+                return WriteResult(stored, current is None or current.deleted, issues)
+            except (VersionConflict, AlreadyExists):
+                if if_match is not None:
+                    raise FHIRError.of(412, "conflict", f"{rtype}/{rid} was changed by another request") from None
+        raise FHIRError.of(409, "conflict", f"{rtype}/{rid} is being changed by other requests; try again")
+
+    @staticmethod
+    def _unchanged(current: StoredResource, resource: dict) -> bool:
+        """An update whose content equals the current version makes no new version (idempotent PUT)."""
+        old = jsonio.loads(current.body)
+        strip = ("versionId", "lastUpdated")
+        old_meta = {k: v for k, v in (old.get("meta") or {}).items() if k not in strip}
+        new_meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in strip}
+        rest = lambda r: {k: v for k, v in r.items() if k != "meta"}  # noqa: E731
+        return old_meta == new_meta and rest(old) == rest(resource)
+
+    def conditional_update(self, principal: Principal, rtype: str, criteria: str, resource: Any,
+                           if_match: int | None = None) -> WriteResult:
+        self.served(rtype, "update")
+        query = self.parser.criteria(rtype, criteria)
+        matches = self._matches(query)
+        if len(matches) > 1:
+            raise FHIRError.of(412, "multiple-matches",
+                               f"The criteria '{criteria}' match {len(matches)} resources; be more selective")
+        if matches:
+            rid = matches[0][1]
+            if isinstance(resource, dict) and "id" in resource and resource["id"] != rid:
+                raise bad_request(f"The resource id '{resource['id']}' differs from the matching resource {rid}",
+                                  f"{rtype}.id")
+            body = dict(resource, id=rid) if isinstance(resource, dict) else resource
+            return self.update(principal, rtype, rid, body, if_match)
+        if isinstance(resource, dict) and resource.get("id"):
+            return self.update(principal, rtype, resource["id"], resource, if_match)
+        return self.create(principal, rtype, resource)
+
+    def _matches(self, query) -> list[tuple[str, str]]:
+        with self.store.transaction() as tx:
+            return tx.search(query)
+
+    # -- patch -------------------------------------------------------------------------------
+    def patch(self, principal: Principal, rtype: str, rid: str, patch: Any,
+              if_match: int | None = None) -> WriteResult:
+        self.served(rtype, "patch")
+        if not isinstance(patch, list):
+            raise bad_request("A JSON Patch body must be an array of operations (RFC 6902)", code="structure")
+        for _ in range(MAX_RETRIES):
+            current = self.store.read(rtype, rid)
+            if current is None or current.deleted:
+                raise not_found(f"{rtype}/{rid} is not known")
+            self.check_if_match(current, if_match)
+            try:
+                patched = jsonpatch.apply_patch(jsonio.loads(current.body), patch)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                status = 422 if isinstance(exc, jsonpatch.JsonPatchTestFailed) else 400
+                raise FHIRError.of(status, "processing", f"The patch cannot be applied: {exc}") from None
+            except (TypeError, KeyError, ValueError) as exc:
+                raise bad_request(f"Malformed JSON Patch: {exc}", code="structure") from None
+            issues = self.validate(patched, rtype, rid)
+            self.gate.authorize(principal, "patch", rtype, patched)
+            try:
+                with self.store.transaction() as tx:
+                    latest = tx.current(rtype, rid)
+                    if latest is None or latest.version != current.version:
+                        raise VersionConflict()
+                    stored = self._write(tx, patched, rid, current, "PATCH")
+                return WriteResult(stored, False, issues)
+            except VersionConflict:
+                if if_match is not None:
+                    raise FHIRError.of(412, "conflict", f"{rtype}/{rid} was changed by another request") from None
+        raise FHIRError.of(409, "conflict", f"{rtype}/{rid} is being changed by other requests; try again")
+
+    def conditional_patch(self, principal: Principal, rtype: str, criteria: str, patch: Any,
+                          if_match: int | None = None) -> WriteResult:
+        self.served(rtype, "patch")
+        matches = self._matches(self.parser.criteria(rtype, criteria))
+        if len(matches) != 1:
+            status, code = (404, "not-found") if not matches else (412, "multiple-matches")
+            raise FHIRError.of(status, code, f"The criteria '{criteria}' match {len(matches)} resources")
+        return self.patch(principal, rtype, matches[0][1], patch, if_match)
+
+    # -- delete ------------------------------------------------------------------------------
+    def delete(self, principal: Principal, rtype: str, rid: str) -> StoredResource | None:
+        """Delete; returns the deletion marker, or None when there was nothing to delete."""
+        self.served(rtype, "delete")
+        self.gate.authorize(principal, "delete", rtype, None)
+        for _ in range(MAX_RETRIES):
+            try:
+                with self.store.transaction() as tx:
+                    current = tx.current(rtype, rid)
+                    if current is None or current.deleted:
+                        return None
+                    marker = StoredResource(rtype, rid, current.version + 1, self.clock(), True, None, "DELETE")
+                    tx.put(marker, None, expected_version=current.version)
+                return marker
+            except VersionConflict:
+                continue
+        raise FHIRError.of(409, "conflict", f"{rtype}/{rid} is being changed by other requests; try again")
+
+    def conditional_delete(self, principal: Principal, rtype: str, criteria: str) -> int:
+        """Delete every match of ``criteria`` (at most one unless the server allows multiple)."""
+        self.served(rtype, "delete")
+        matches = self._matches(self.parser.criteria(rtype, criteria))
+        if len(matches) > 1:
+            raise FHIRError.of(412, "multiple-matches",
+                               f"The criteria '{criteria}' match {len(matches)} resources; conditional delete "
+                               "removes one resource at a time here")
+        deleted = 0
+        for mtype, mid in matches:
+            if self.delete(principal, mtype, mid) is not None:
+                deleted += 1
+        return deleted
+
+    # -- history -----------------------------------------------------------------------------
+    def history(self, principal: Principal, rtype: str | None, rid: str | None, *, since: str | None,
+                at: str | None, count: int, cursor: str | None) -> HistoryPage:
+        if rtype is not None:
+            self.served(rtype, "history-instance" if rid else "history-type")
+        self.gate.authorize(principal, "history", rtype, None)
+        if rid is not None and self.store.read(rtype, rid) is None:
+            raise not_found(f"{rtype}/{rid} is not known")
+        return self.store.history(rtype, rid, since=since, before=at, count=count, cursor=cursor)

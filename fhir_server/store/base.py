@@ -1,0 +1,130 @@
+"""The store interface every backend implements, and the records it exchanges.
+
+The service layer decides *what* to write (new version number, meta, body bytes,
+index entries); a store only makes it durable and findable. Each write goes through
+a :class:`Transaction`, so a resource version, its history row and its index
+entries land together or not at all, and a transaction Bundle is one unit.
+
+Concurrency is optimistic: :meth:`Transaction.put` takes the version the caller
+based its change on and raises :class:`VersionConflict` when another writer got
+there first; nothing is overwritten blindly.
+"""
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from fhir_server.search.entries import IndexEntries
+
+
+class VersionConflict(Exception):
+    """The resource changed since the version the writer read (compare-and-set failed)."""
+
+
+class PageExpired(Exception):
+    """A page link refers to a search snapshot that no longer exists."""
+
+
+class AlreadyExists(Exception):
+    """A create found the id (or the conditional-create key) already taken."""
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """One version of a resource as stored; ``body`` is the exact JSON returned on read."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: str  # FHIR instant, UTC, microseconds
+    deleted: bool
+    body: bytes | None  # None for a deletion marker
+    method: str = "PUT"  # POST | PUT | PATCH | DELETE: the interaction that made this version
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    resource: StoredResource
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    entries: list[StoredResource]
+    next_cursor: str | None  # opaque; None on the last page
+    total: int | None = None
+
+
+class Transaction(abc.ABC):
+    """One atomic unit of writes (and the reads that decide them)."""
+
+    @abc.abstractmethod
+    def current(self, rtype: str, rid: str) -> StoredResource | None:
+        """The current version (possibly a deletion marker), read inside the transaction."""
+
+    @abc.abstractmethod
+    def put(self, resource: StoredResource, index: IndexEntries | None, *, expected_version: int | None) -> None:
+        """Write ``resource`` as the new current version.
+
+        ``expected_version`` is the version this change was based on (``None``: the id
+        must not exist yet). ``index`` is None for a deletion marker.
+        """
+
+    @abc.abstractmethod
+    def search(self, query: Any) -> list[tuple[str, str]]:
+        """(type, id) of the current resources matching a compiled query, inside the transaction."""
+
+    @abc.abstractmethod
+    def claim(self, key: str) -> None:
+        """Hold a conditional-create key until this transaction ends; :class:`AlreadyExists` when taken.
+
+        Two concurrent conditional creates with the same criteria must not both create.
+        A backend whose write transactions are serialised (SQLite) needs no key.
+        """
+
+
+class Store(abc.ABC):
+    """A FHIR resource store. Implementations must pass ``tests/store/test_contract.py``."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A write transaction: committed on normal exit, rolled back on exception."""
+
+    @abc.abstractmethod
+    def read(self, rtype: str, rid: str) -> StoredResource | None:
+        """The current version, or the deletion marker, or None if the id never existed."""
+
+    @abc.abstractmethod
+    def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
+        ...
+
+    @abc.abstractmethod
+    def history(self, rtype: str | None = None, rid: str | None = None, *, since: str | None = None,
+                before: str | None = None, count: int = 50, cursor: str | None = None) -> HistoryPage:
+        """Versions newest first; ``since``/``before`` are FHIR instants; paging by opaque cursor."""
+
+    @abc.abstractmethod
+    def search(self, query: Any, *, count: int, cursor: str | None = None) -> "SearchPage":
+        """Current resources matching a parsed query (see ``fhir_server.search.query``)."""
+
+    @abc.abstractmethod
+    def count(self, query: Any) -> int:
+        ...
+
+    @abc.abstractmethod
+    def read_many(self, keys: list[tuple[str, str]]) -> list[StoredResource]:
+        """Current, non-deleted versions of the given (type, id) pairs, in no particular order."""
+
+    def iterate(self, rtype: str) -> Iterator[StoredResource]:
+        """Every current, non-deleted resource of a type (reindex, export)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    resources: list[StoredResource]
+    next_cursor: str | None

@@ -1,0 +1,412 @@
+"""The embedded default store: SQLite in WAL mode, with side tables for the search index.
+
+Layout (docs/adr/0002-search-index.md):
+
+* ``versions``: every version of every resource (the body bytes returned on read);
+* ``resources``: one row per logical resource pointing at its current version; its
+  integer ``rpk`` keys the index tables and gives search its stable order;
+* ``idx_*``: one row per search value of the current version, per value kind;
+* ``search_snapshots``: ordered result lists for sorted searches being paged.
+
+Writers take ``BEGIN IMMEDIATE``, so concurrent writers (threads or worker
+processes) are serialised by SQLite itself and compare-and-set on the version is
+exact. Readers never block writers (WAL).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from array import array
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import parse_qs, urlparse
+
+from fhir_server.search.entries import IndexEntries
+from fhir_server.store.base import (AlreadyExists, HistoryPage, PageExpired, SearchPage, Store, StoredResource,
+                                    Transaction, VersionConflict)
+from fhir_server.store.sqlite_search import SQLCompiler, decode_cursor, encode_cursor
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    vrow INTEGER PRIMARY KEY, type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+    last_updated TEXT NOT NULL, lu INTEGER NOT NULL, deleted INTEGER NOT NULL, method TEXT NOT NULL,
+    body BLOB, UNIQUE (type, id, version));
+CREATE INDEX IF NOT EXISTS versions_type ON versions (type, vrow);
+CREATE INDEX IF NOT EXISTS versions_lu ON versions (lu);
+CREATE TABLE IF NOT EXISTS resources (
+    rpk INTEGER PRIMARY KEY, type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+    lu INTEGER NOT NULL, deleted INTEGER NOT NULL, vrow INTEGER NOT NULL, UNIQUE (type, id));
+CREATE INDEX IF NOT EXISTS resources_type_lu ON resources (type, lu);
+CREATE TABLE IF NOT EXISTS idx_token (
+    rpk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT, text TEXT);
+CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token (type, param, code, system, rpk);
+CREATE INDEX IF NOT EXISTS idx_token_rpk ON idx_token (rpk);
+CREATE TABLE IF NOT EXISTS idx_string (
+    rpk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS idx_string_norm ON idx_string (type, param, norm, rpk);
+CREATE INDEX IF NOT EXISTS idx_string_rpk ON idx_string (rpk);
+CREATE TABLE IF NOT EXISTS idx_date (
+    rpk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, low INTEGER NOT NULL, high INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS idx_date_low ON idx_date (type, param, low, high, rpk);
+CREATE INDEX IF NOT EXISTS idx_date_high ON idx_date (type, param, high, rpk);
+CREATE INDEX IF NOT EXISTS idx_date_rpk ON idx_date (rpk);
+CREATE TABLE IF NOT EXISTS idx_number (
+    rpk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, low REAL NOT NULL, high REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS idx_number_low ON idx_number (type, param, low, high, rpk);
+CREATE INDEX IF NOT EXISTS idx_number_rpk ON idx_number (rpk);
+CREATE TABLE IF NOT EXISTS idx_quantity (
+    rpk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, low REAL NOT NULL, high REAL NOT NULL,
+    system TEXT, code TEXT, ccode TEXT, clow REAL, chigh REAL);
+CREATE INDEX IF NOT EXISTS idx_quantity_low ON idx_quantity (type, param, low, high, rpk);
+CREATE INDEX IF NOT EXISTS idx_quantity_clow ON idx_quantity (type, param, ccode, clow, rpk);
+CREATE INDEX IF NOT EXISTS idx_quantity_rpk ON idx_quantity (rpk);
+CREATE TABLE IF NOT EXISTS idx_reference (
+    rpk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, target_type TEXT, target_id TEXT,
+    url TEXT, version TEXT);
+CREATE INDEX IF NOT EXISTS idx_reference_target ON idx_reference (type, param, target_id, target_type, rpk);
+CREATE INDEX IF NOT EXISTS idx_reference_reverse ON idx_reference (target_type, target_id, param, rpk);
+CREATE INDEX IF NOT EXISTS idx_reference_url ON idx_reference (type, param, url, rpk);
+CREATE INDEX IF NOT EXISTS idx_reference_rpk ON idx_reference (rpk);
+CREATE TABLE IF NOT EXISTS idx_uri (
+    rpk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, uri TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS idx_uri_uri ON idx_uri (type, param, uri, rpk);
+CREATE INDEX IF NOT EXISTS idx_uri_rpk ON idx_uri (rpk);
+CREATE TABLE IF NOT EXISTS idx_composite (
+    rpk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT,
+    v_system TEXT, v_code TEXT, v_low REAL, v_high REAL, v_text TEXT);
+CREATE INDEX IF NOT EXISTS idx_composite_code ON idx_composite (type, param, code, system, rpk);
+CREATE INDEX IF NOT EXISTS idx_composite_rpk ON idx_composite (rpk);
+CREATE TABLE IF NOT EXISTS search_snapshots (
+    sid TEXT PRIMARY KEY, created INTEGER NOT NULL, rpks BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB);
+"""
+
+SNAPSHOT_TTL = 3600  # seconds a sorted search's page links stay valid
+
+INDEX_TABLES = ("idx_token", "idx_string", "idx_date", "idx_number", "idx_quantity", "idx_reference",
+                "idx_uri", "idx_composite")
+
+
+def _row_to_resource(row: sqlite3.Row | tuple) -> StoredResource:
+    rtype, rid, version, last_updated, deleted, method, body = row
+    return StoredResource(rtype, rid, version, last_updated, bool(deleted), body, method)
+
+
+def _lu(last_updated: str) -> int:
+    from fhir_server.model.dates import parse_range
+    return parse_range(last_updated)[0]
+
+
+class SQLiteTransaction(Transaction):
+    def __init__(self, store: "SQLiteStore", conn: sqlite3.Connection):
+        self.store = store
+        self.conn = conn
+
+    def current(self, rtype: str, rid: str) -> StoredResource | None:
+        return self.store._current(self.conn, rtype, rid)
+
+    def put(self, resource: StoredResource, index: IndexEntries | None, *, expected_version: int | None) -> None:
+        conn = self.conn
+        row = conn.execute("SELECT rpk, version FROM resources WHERE type=? AND id=?",
+                           (resource.type, resource.id)).fetchone()
+        if expected_version is None and row is not None:
+            raise AlreadyExists(f"{resource.type}/{resource.id} already exists")
+        if expected_version is not None and (row is None or row[1] != expected_version):
+            raise VersionConflict(f"{resource.type}/{resource.id} is at version "
+                                  f"{row[1] if row else 'none'}, not {expected_version}")
+        lu = _lu(resource.last_updated)
+        cur = conn.execute(
+            "INSERT INTO versions (type, id, version, last_updated, lu, deleted, method, body)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (resource.type, resource.id, resource.version, resource.last_updated, lu, int(resource.deleted),
+             resource.method, resource.body))
+        vrow = cur.lastrowid
+        if row is None:
+            rpk = conn.execute("INSERT INTO resources (type, id, version, lu, deleted, vrow) VALUES (?,?,?,?,?,?)",
+                               (resource.type, resource.id, resource.version, lu, int(resource.deleted),
+                                vrow)).lastrowid
+        else:
+            rpk = row[0]
+            conn.execute("UPDATE resources SET version=?, lu=?, deleted=?, vrow=? WHERE rpk=?",
+                         (resource.version, lu, int(resource.deleted), vrow, rpk))
+            for table in INDEX_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE rpk=?", (rpk,))
+        if index is not None and not resource.deleted:
+            write_index(conn, rpk, resource.type, index)
+
+    def search(self, query: Any) -> list[tuple[str, str]]:
+        sql, args = self.store.compiler.select_keys(query)
+        return [(t, i) for t, i in self.conn.execute(sql, args)]
+
+    def claim(self, key: str) -> None:
+        """Nothing to hold: BEGIN IMMEDIATE already serialises the search and the create."""
+
+
+def write_index(conn: sqlite3.Connection, rpk: int, rtype: str, index: IndexEntries) -> None:
+    """Insert one resource's index entries (its previous rows were removed by the caller)."""
+    if index.tokens:
+        conn.executemany("INSERT INTO idx_token VALUES (?,?,?,?,?,?)",
+                         [(rpk, rtype, e.param, e.system, e.code, e.text) for e in index.tokens])
+    if index.strings:
+        conn.executemany("INSERT INTO idx_string VALUES (?,?,?,?,?)",
+                         [(rpk, rtype, e.param, e.normalized, e.exact) for e in index.strings])
+    if index.dates:
+        conn.executemany("INSERT INTO idx_date VALUES (?,?,?,?,?)",
+                         [(rpk, rtype, e.param, e.low, e.high) for e in index.dates])
+    if index.numbers:
+        conn.executemany("INSERT INTO idx_number VALUES (?,?,?,?,?)",
+                         [(rpk, rtype, e.param, e.low, e.high) for e in index.numbers])
+    if index.quantities:
+        conn.executemany("INSERT INTO idx_quantity VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         [(rpk, rtype, e.param, e.low, e.high, e.system, e.code, e.canonical_code,
+                           e.canonical_low, e.canonical_high) for e in index.quantities])
+    if index.references:
+        conn.executemany("INSERT INTO idx_reference VALUES (?,?,?,?,?,?,?)",
+                         [(rpk, rtype, e.param, e.target_type, e.target_id, e.url, e.version)
+                          for e in index.references])
+    if index.uris:
+        conn.executemany("INSERT INTO idx_uri VALUES (?,?,?,?)", [(rpk, rtype, e.param, e.uri) for e in index.uris])
+    if index.composites:
+        conn.executemany("INSERT INTO idx_composite VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         [(rpk, rtype, *composite_row(e)) for e in index.composites])
+
+
+def composite_row(entry) -> tuple:
+    """Flatten a composite (token, value) entry into the idx_composite columns."""
+    first, second = entry.components[0], entry.components[1]
+    system, code = getattr(first, "system", None), getattr(first, "code", None)
+    v_system = v_code = v_low = v_high = v_text = None
+    kind = type(second).__name__
+    if kind == "TokenEntry":
+        v_system, v_code = second.system, second.code
+    elif kind in ("QuantityEntry",):
+        v_system, v_code, v_low, v_high = second.system, second.code, second.low, second.high
+    elif kind in ("DateEntry", "NumberEntry"):
+        v_low, v_high = second.low, second.high
+    elif kind == "StringEntry":
+        v_text = second.normalized
+    elif kind == "ReferenceEntry":
+        v_system, v_code = second.target_type, second.target_id
+        v_text = second.url
+    return entry.param, system, code, v_system, v_code, v_low, v_high, v_text
+
+
+class SQLiteStore(Store):
+    """A :class:`Store` in one SQLite file, safe for several threads and worker processes."""
+
+    def __init__(self, path: str | os.PathLike, *, synchronous: str = "FULL", base_urls: tuple[str, ...] = ()):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous.upper()
+        self._local = threading.local()
+        self.compiler = SQLCompiler()
+        self._conn().executescript(SCHEMA)
+
+    @classmethod
+    def from_url(cls, url: str) -> "SQLiteStore":
+        parsed = urlparse(url)
+        path = url[len("sqlite:///"):].split("?")[0] if url.startswith("sqlite:///") else parsed.path
+        options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        return cls(path or "var/fhir.sqlite3", synchronous=options.get("synchronous", "FULL"))
+
+    # -- connections -------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA cache_size=-65536")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[SQLiteTransaction]:
+        with self._write() as conn:
+            yield SQLiteTransaction(self, conn)
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement inside sees the same committed state."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- reads -------------------------------------------------------------------------------
+    _SELECT_VERSION = "SELECT v.type, v.id, v.version, v.last_updated, v.deleted, v.method, v.body FROM versions v"
+
+    def _current(self, conn: sqlite3.Connection, rtype: str, rid: str) -> StoredResource | None:
+        row = conn.execute(self._SELECT_VERSION + " JOIN resources r ON r.vrow = v.vrow WHERE r.type=? AND r.id=?",
+                           (rtype, rid)).fetchone()
+        return _row_to_resource(row) if row else None
+
+    def read(self, rtype: str, rid: str) -> StoredResource | None:
+        return self._current(self._conn(), rtype, rid)
+
+    def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
+        row = self._conn().execute(self._SELECT_VERSION + " WHERE v.type=? AND v.id=? AND v.version=?",
+                                   (rtype, rid, version)).fetchone()
+        return _row_to_resource(row) if row else None
+
+    def read_many(self, keys: list[tuple[str, str]]) -> list[StoredResource]:
+        out: list[StoredResource] = []
+        conn = self._conn()
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in keys:
+            by_type.setdefault(rtype, []).append(rid)
+        for rtype, ids in by_type.items():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(self._SELECT_VERSION + " JOIN resources r ON r.vrow = v.vrow"
+                                    f" WHERE r.type=? AND r.id IN ({marks}) AND r.deleted=0", (rtype, *chunk))
+                out.extend(_row_to_resource(r) for r in rows)
+        return out
+
+    def history(self, rtype: str | None = None, rid: str | None = None, *, since: str | None = None,
+                before: str | None = None, count: int = 50, cursor: str | None = None) -> HistoryPage:
+        where, args = [], []
+        if rtype:
+            where.append("v.type=?")
+            args.append(rtype)
+        if rid:
+            where.append("v.id=?")
+            args.append(rid)
+        if since:
+            where.append("v.lu>=?")
+            args.append(_lu(since))
+        if before:
+            where.append("v.lu<?")
+            args.append(_lu(before))
+        if cursor:
+            where.append("v.vrow<?")
+            args.append(int(decode_cursor(cursor)["v"]))
+        sql = self._SELECT_VERSION.replace("SELECT ", "SELECT v.vrow, ", 1)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY v.vrow DESC LIMIT ?"
+        with self._snapshot() as conn:
+            rows = conn.execute(sql, (*args, count + 1)).fetchall()
+            total = None
+            if cursor is None:
+                count_sql = "SELECT count(*) FROM versions v" + (" WHERE " + " AND ".join(where) if where else "")
+                total = conn.execute(count_sql, args).fetchone()[0]
+        more = len(rows) > count
+        rows = rows[:count]
+        entries = [_row_to_resource(r[1:]) for r in rows]
+        next_cursor = encode_cursor({"v": rows[-1][0]}) if more else None
+        return HistoryPage(entries, next_cursor, total)
+
+    # -- search ------------------------------------------------------------------------------
+    def search(self, query: Any, *, count: int, cursor: str | None = None) -> SearchPage:
+        if query.sort:
+            return self._sorted_page(query, count, cursor)
+        with self._snapshot() as conn:
+            sql, args = self.compiler.select_page(query, count + 1, decode_cursor(cursor) if cursor else None)
+            rows = conn.execute(sql, args).fetchall()
+        more = len(rows) > count
+        rows = rows[:count]
+        resources = [_row_to_resource(r[1:]) for r in rows]
+        return SearchPage(resources, encode_cursor({"k": rows[-1][0]}) if more else None)
+
+    def _sorted_page(self, query: Any, count: int, cursor: str | None) -> SearchPage:
+        """Sorted searches page over a stored snapshot of the ordered matches, so nothing moves.
+
+        A sort key can change when a resource is updated, so keyset paging could skip or
+        repeat it; the ordered match list is kept for SNAPSHOT_TTL seconds instead.
+        """
+        conn = self._conn()
+        if cursor is None:
+            sql, args = self.compiler.select_sorted_rpks(query)
+            rpks = array("q", (r[0] for r in conn.execute(sql, args)))
+            sid, offset = secrets.token_hex(8), 0
+            if len(rpks) > count:
+                with self._write() as wconn:
+                    wconn.execute("DELETE FROM search_snapshots WHERE created < ?",
+                                  (int(time.time()) - SNAPSHOT_TTL,))
+                    wconn.execute("INSERT INTO search_snapshots VALUES (?,?,?)",
+                                  (sid, int(time.time()), rpks.tobytes()))
+        else:
+            state = decode_cursor(cursor)
+            sid, offset = state["s"], int(state["o"])
+            row = conn.execute("SELECT rpks FROM search_snapshots WHERE sid=? AND created >= ?",
+                               (sid, int(time.time()) - SNAPSHOT_TTL)).fetchone()
+            if row is None:
+                raise PageExpired()
+            rpks = array("q")
+            rpks.frombytes(row[0])
+        page = list(rpks[offset:offset + count])
+        with self._snapshot() as rconn:
+            resources = self._by_rpk(rconn, page)
+        more = offset + count < len(rpks)
+        return SearchPage(resources, encode_cursor({"s": sid, "o": offset + count}) if more else None)
+
+    def _by_rpk(self, conn: sqlite3.Connection, rpks: list[int]) -> list[StoredResource]:
+        if not rpks:
+            return []
+        marks = ",".join("?" * len(rpks))
+        rows = conn.execute("SELECT r.rpk, v.type, v.id, v.version, v.last_updated, v.deleted, v.method, v.body"
+                            f" FROM resources r JOIN versions v ON v.vrow = r.vrow WHERE r.rpk IN ({marks})"
+                            " AND r.deleted = 0", rpks).fetchall()
+        by_rpk = {r[0]: _row_to_resource(r[1:]) for r in rows}
+        return [by_rpk[k] for k in rpks if k in by_rpk]
+
+    def count(self, query: Any) -> int:
+        sql, args = self.compiler.count(query)
+        return self._conn().execute(sql, args).fetchone()[0]
+
+    def iterate(self, rtype: str) -> Iterator[StoredResource]:
+        last = 0
+        conn = self._conn()
+        while True:
+            rows = conn.execute("SELECT r.rpk, v.type, v.id, v.version, v.last_updated, v.deleted, v.method, v.body"
+                                " FROM resources r JOIN versions v ON v.vrow = r.vrow"
+                                " WHERE r.type=? AND r.deleted=0 AND r.rpk>? ORDER BY r.rpk LIMIT 500",
+                                (rtype, last)).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield _row_to_resource(r[1:])
+            last = rows[-1][0]
+
+    def reindex(self, rtype: str, index_of) -> int:
+        """Rewrite the index rows of every current resource of ``rtype`` with ``index_of(resource)``."""
+        done = 0
+        for resource in list(self.iterate(rtype)):
+            with self._write() as conn:
+                rpk = conn.execute("SELECT rpk FROM resources WHERE type=? AND id=?",
+                                   (resource.type, resource.id)).fetchone()[0]
+                for table in INDEX_TABLES:
+                    conn.execute(f"DELETE FROM {table} WHERE rpk=?", (rpk,))
+                write_index(conn, rpk, resource.type, index_of(resource))
+            done += 1
+        return done
