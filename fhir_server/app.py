@@ -97,7 +97,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
     from fhir_server.http import errors
     from fhir_server.http.api import api
+    from fhir_server.http.responses import TypeConverter, before_request
     errors.register(app)
+    app.url_map.converters["type"] = TypeConverter
+    app.before_request(before_request)
     app.register_blueprint(api, url_prefix="/fhir")
     app.url_map.strict_slashes = False
     logging.basicConfig(level=logging.INFO)

@@ -8,79 +8,18 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 
-from fhir_server.http.negotiation import read_json, response_type
+from fhir_server.http.negotiation import read_json
 from fhir_server.http.rendering import version_headers
-from fhir_server.model import jsonio
+from fhir_server.http.responses import base_url, fhir, prefer_value, resource_response, respond
 from fhir_server.model.outcome import FHIRError, Issue, operation_outcome
 from fhir_server.store.base import StoredResource
 
 api = Blueprint("fhir", __name__)
 
-TYPE = "<string(minlength=1):rtype>"
+TYPE = "<type:rtype>"
 ID = "<string(minlength=1):rid>"
-
-
-def fhir() -> Any:
-    """The application's services (see ``fhir_server.app.FHIRServer``)."""
-    return current_app.extensions["fhir"]
-
-
-def base_url() -> str:
-    configured = fhir().settings.base_url
-    return configured.rstrip("/") if configured else request.host_url.rstrip("/") + "/fhir"
-
-
-PUBLIC_ENDPOINTS = {"fhir.metadata"}
-
-
-@api.before_request
-def before() -> None:
-    g.mime = response_type(request)
-    if request.endpoint not in PUBLIC_ENDPOINTS:
-        g.principal = fhir().gate.principal(request.headers.get("Authorization"))
-
-
-def respond(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    pretty = request.args.get("_pretty") == "true"
-    data = body if isinstance(body, bytes) else jsonio.dumps(body, pretty=pretty)
-    if pretty and isinstance(body, bytes):
-        data = jsonio.dumps(jsonio.loads(body), pretty=True)
-    response = Response(data, status=status, mimetype=g.get("mime", "application/fhir+json"))
-    response.headers["Content-Type"] = f"{response.mimetype}; charset=utf-8"
-    for key, value in (headers or {}).items():
-        response.headers[key] = value
-    return response
-
-
-def resource_response(stored: StoredResource, status: int = 200, *, location: bool = False,
-                      issues: list[Issue] | None = None) -> Response:
-    headers = version_headers(stored)
-    if location:
-        headers["Location"] = f"{base_url()}/{stored.type}/{stored.id}/_history/{stored.version}"
-    prefer = _prefer("return")
-    if prefer == "minimal":
-        response = Response(b"", status=status)
-        for key, value in headers.items():
-            response.headers[key] = value
-        return response
-    if prefer == "OperationOutcome":
-        return respond(operation_outcome(issues or []), status, headers)
-    summary, elements = request.args.get("_summary"), request.args.get("_elements")
-    if summary or elements:
-        body = fhir().renderer.body(stored, summary, elements.split(",") if elements else None)
-        return respond(body, status, headers)
-    return respond(stored.body, status, headers)
-
-
-def _prefer(name: str) -> str | None:
-    for part in request.headers.get("Prefer", "").split(";"):
-        for item in part.split(","):
-            key, _, value = item.strip().partition("=")
-            if key.strip() == name:
-                return value.strip().strip('"')
-    return None
 
 
 def _if_match() -> int | None:
@@ -249,8 +188,6 @@ def search_system_post() -> Response:
 
 @api.get(f"/Patient/{ID}/{TYPE}")
 def search_compartment(rid: str, rtype: str) -> Response:
-    if rtype == "_history":  # the router cannot tell /Patient/{id}/_history from a compartment search
-        return _history("Patient", rid)
     if rtype == "*":
         raise FHIRError.of(400, "not-supported", "Compartment search over every type is not supported; "
                            "name a type")
@@ -281,7 +218,7 @@ def _search(types: tuple[str, ...], params: list[tuple[str, str]],
     from fhir_server.http.bundles import search_bundle
     for rtype in types:
         fhir().resources.served(rtype, "search-type")
-    strict = _prefer("handling") == "strict"
+    strict = prefer_value("handling") == "strict"
     params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
     parsed = fhir().parser.parse(types, params, strict=strict)
     if compartment is not None:

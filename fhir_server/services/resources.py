@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import jsonpatch
 
@@ -24,6 +24,7 @@ from fhir_server.store.base import AlreadyExists, HistoryPage, Store, StoredReso
 from fhir_server.validation.structure import StructureValidator
 
 MAX_RETRIES = 20
+T = TypeVar("T")
 
 
 def utc_now() -> str:
@@ -103,29 +104,16 @@ class ResourceService:
             raise FHIRError.of(412, "conflict", f"Version mismatch: If-Match asks for version {if_match}, the "
                                f"current version is {current.version if current else 'none'}")
 
-    # -- create ------------------------------------------------------------------------------
-    def create(self, principal: Principal, rtype: str, resource: Any,
-               if_none_exist: str | None = None) -> WriteResult:
-        self.served(rtype, "create")
-        issues = self.validate(resource, rtype, None)
-        self.gate.authorize(principal, "create", rtype, resource)
-        query = self.parser.criteria(rtype, if_none_exist) if if_none_exist else None
-        with self.store.transaction() as tx:
-            if query is not None:
-                matches = tx.search(query)
-                if len(matches) > 1:
-                    raise FHIRError.of(412, "multiple-matches", f"If-None-Exist matched {len(matches)} resources")
-                if matches:
-                    existing = tx.current(*matches[0])
-                    return WriteResult(existing, False, issues)
-                try:
-                    tx.claim(f"{rtype}?{self.parser.canonical_criteria(if_none_exist)}")
-                except AlreadyExists:
-                    raise FHIRError.of(409, "conflict", "Another request is creating a resource matching "
-                                       f"'{if_none_exist}'; retry to get its result") from None
-            rid = str(uuid.uuid4())
-            stored = self._write(tx, resource, rid, None, "POST")
-        return WriteResult(stored, True, issues)
+    @staticmethod
+    def _unchanged(current: StoredResource, resource: dict) -> bool:
+        """An update whose content equals the current version makes no new version (idempotent PUT)."""
+        old = jsonio.loads(current.body)
+        strip = ("versionId", "lastUpdated")
+        old_meta = {k: v for k, v in (old.get("meta") or {}).items() if k not in strip}
+        new_meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in strip}
+        old_rest = {k: v for k, v in old.items() if k != "meta"}
+        new_rest = {k: v for k, v in resource.items() if k != "meta"}
+        return old_meta == new_meta and old_rest == new_rest
 
     # -- read --------------------------------------------------------------------------------
     def read(self, principal: Principal, rtype: str, rid: str) -> StoredResource:
@@ -151,41 +139,91 @@ class ResourceService:
             raise FHIRError.of(410, "deleted", f"Version {version} of {rtype}/{rid} is a deletion")
         return stored
 
-    # -- update ------------------------------------------------------------------------------
-    def update(self, principal: Principal, rtype: str, rid: str, resource: Any,
-               if_match: int | None = None) -> WriteResult:
-        self.served(rtype, "update")
-        issues = self.validate(resource, rtype, rid)
-        self.gate.authorize(principal, "update", rtype, resource)
+    # -- atomic units ------------------------------------------------------------------------
+    def atomic(self, action: Callable[[Transaction], T], *, if_match: int | None = None, what: str = "") -> T:
+        """Run ``action`` in one store transaction, retrying when a concurrent writer got there first.
+
+        With ``If-Match`` a conflict is the client's to resolve (412); otherwise the change is
+        recomputed on the new current version, so no acknowledged write is ever lost.
+        """
         for _ in range(MAX_RETRIES):
             try:
                 with self.store.transaction() as tx:
-                    current = tx.current(rtype, rid)
-                    self.check_if_match(current, if_match)
-                    if current is not None and not current.deleted and self._unchanged(current, resource):
-                        return WriteResult(current, False, issues)
-                    stored = self._write(tx, resource, rid, current, "PUT")
-                return WriteResult(stored, current is None or current.deleted, issues)
+                    return action(tx)
             except (VersionConflict, AlreadyExists):
                 if if_match is not None:
-                    raise FHIRError.of(412, "conflict", f"{rtype}/{rid} was changed by another request") from None
-        raise FHIRError.of(409, "conflict", f"{rtype}/{rid} is being changed by other requests; try again")
+                    raise FHIRError.of(412, "conflict", f"{what} was changed by another request") from None
+        raise FHIRError.of(409, "conflict", f"{what} is being changed by other requests; try again")
 
-    @staticmethod
-    def _unchanged(current: StoredResource, resource: dict) -> bool:
-        """An update whose content equals the current version makes no new version (idempotent PUT)."""
-        old = jsonio.loads(current.body)
-        strip = ("versionId", "lastUpdated")
-        old_meta = {k: v for k, v in (old.get("meta") or {}).items() if k not in strip}
-        new_meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in strip}
-        rest = lambda r: {k: v for k, v in r.items() if k != "meta"}  # noqa: E731
-        return old_meta == new_meta and rest(old) == rest(resource)
+    def create(self, principal: Principal, rtype: str, resource: Any,
+               if_none_exist: str | None = None) -> WriteResult:
+        return self.atomic(lambda tx: self.create_in(tx, principal, rtype, resource, if_none_exist),
+                           what=f"{rtype}")
+
+    def update(self, principal: Principal, rtype: str, rid: str, resource: Any,
+               if_match: int | None = None) -> WriteResult:
+        return self.atomic(lambda tx: self.update_in(tx, principal, rtype, rid, resource, if_match),
+                           if_match=if_match, what=f"{rtype}/{rid}")
 
     def conditional_update(self, principal: Principal, rtype: str, criteria: str, resource: Any,
                            if_match: int | None = None) -> WriteResult:
+        return self.atomic(lambda tx: self.conditional_update_in(tx, principal, rtype, criteria, resource,
+                                                                 if_match), if_match=if_match, what=rtype)
+
+    def patch(self, principal: Principal, rtype: str, rid: str, patch: Any,
+              if_match: int | None = None) -> WriteResult:
+        return self.atomic(lambda tx: self.patch_in(tx, principal, rtype, rid, patch, if_match),
+                           if_match=if_match, what=f"{rtype}/{rid}")
+
+    def conditional_patch(self, principal: Principal, rtype: str, criteria: str, patch: Any,
+                          if_match: int | None = None) -> WriteResult:
+        return self.atomic(lambda tx: self.conditional_patch_in(tx, principal, rtype, criteria, patch, if_match),
+                           if_match=if_match, what=rtype)
+
+    def delete(self, principal: Principal, rtype: str, rid: str) -> StoredResource | None:
+        """Delete; returns the deletion marker, or None when there was nothing to delete."""
+        return self.atomic(lambda tx: self.delete_in(tx, principal, rtype, rid), what=f"{rtype}/{rid}")
+
+    def conditional_delete(self, principal: Principal, rtype: str, criteria: str) -> int:
+        return self.atomic(lambda tx: self.conditional_delete_in(tx, principal, rtype, criteria), what=rtype)
+
+    # -- the interactions inside a transaction (also used by transaction Bundles) ----------------
+    def create_in(self, tx: Transaction, principal: Principal, rtype: str, resource: Any,
+                  if_none_exist: str | None = None, rid: str | None = None) -> WriteResult:
+        """Create; with ``If-None-Exist`` return the single existing match instead (200)."""
+        self.served(rtype, "create")
+        issues = self.validate(resource, rtype, None)
+        self.gate.authorize(principal, "create", rtype, resource)
+        if if_none_exist:
+            matches = tx.search(self.parser.criteria(rtype, if_none_exist))
+            if len(matches) > 1:
+                raise FHIRError.of(412, "multiple-matches", f"If-None-Exist matched {len(matches)} resources")
+            if matches:
+                return WriteResult(tx.current(*matches[0]), False, issues)
+            try:
+                tx.claim(f"{rtype}?{self.parser.canonical_criteria(if_none_exist)}")
+            except AlreadyExists:
+                raise FHIRError.of(409, "conflict", "Another request is creating a resource matching "
+                                   f"'{if_none_exist}'; retry to get its result") from None
+        stored = self._write(tx, resource, rid or str(uuid.uuid4()), None, "POST")
+        return WriteResult(stored, True, issues)
+
+    def update_in(self, tx: Transaction, principal: Principal, rtype: str, rid: str, resource: Any,
+                  if_match: int | None = None) -> WriteResult:
         self.served(rtype, "update")
-        query = self.parser.criteria(rtype, criteria)
-        matches = self._matches(query)
+        issues = self.validate(resource, rtype, rid)
+        self.gate.authorize(principal, "update", rtype, resource)
+        current = tx.current(rtype, rid)
+        self.check_if_match(current, if_match)
+        if current is not None and not current.deleted and self._unchanged(current, resource):
+            return WriteResult(current, False, issues)
+        stored = self._write(tx, resource, rid, current, "PUT")
+        return WriteResult(stored, current is None or current.deleted, issues)
+
+    def conditional_update_in(self, tx: Transaction, principal: Principal, rtype: str, criteria: str,
+                              resource: Any, if_match: int | None = None) -> WriteResult:
+        self.served(rtype, "update")
+        matches = tx.search(self.parser.criteria(rtype, criteria))
         if len(matches) > 1:
             raise FHIRError.of(412, "multiple-matches",
                                f"The criteria '{criteria}' match {len(matches)} resources; be more selective")
@@ -195,87 +233,59 @@ class ResourceService:
                 raise bad_request(f"The resource id '{resource['id']}' differs from the matching resource {rid}",
                                   f"{rtype}.id")
             body = dict(resource, id=rid) if isinstance(resource, dict) else resource
-            return self.update(principal, rtype, rid, body, if_match)
+            return self.update_in(tx, principal, rtype, rid, body, if_match)
         if isinstance(resource, dict) and resource.get("id"):
-            return self.update(principal, rtype, resource["id"], resource, if_match)
-        return self.create(principal, rtype, resource)
+            return self.update_in(tx, principal, rtype, resource["id"], resource, if_match)
+        return self.create_in(tx, principal, rtype, resource)
 
-    def _matches(self, query) -> list[tuple[str, str]]:
-        with self.store.transaction() as tx:
-            return tx.search(query)
-
-    # -- patch -------------------------------------------------------------------------------
-    def patch(self, principal: Principal, rtype: str, rid: str, patch: Any,
-              if_match: int | None = None) -> WriteResult:
+    def patch_in(self, tx: Transaction, principal: Principal, rtype: str, rid: str, patch: Any,
+                 if_match: int | None = None) -> WriteResult:
         self.served(rtype, "patch")
         if not isinstance(patch, list):
             raise bad_request("A JSON Patch body must be an array of operations (RFC 6902)", code="structure")
-        for _ in range(MAX_RETRIES):
-            current = self.store.read(rtype, rid)
-            if current is None or current.deleted:
-                raise not_found(f"{rtype}/{rid} is not known")
-            self.check_if_match(current, if_match)
-            try:
-                patched = jsonpatch.apply_patch(jsonio.loads(current.body), patch)
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-                status = 422 if isinstance(exc, jsonpatch.JsonPatchTestFailed) else 400
-                raise FHIRError.of(status, "processing", f"The patch cannot be applied: {exc}") from None
-            except (TypeError, KeyError, ValueError) as exc:
-                raise bad_request(f"Malformed JSON Patch: {exc}", code="structure") from None
-            issues = self.validate(patched, rtype, rid)
-            self.gate.authorize(principal, "patch", rtype, patched)
-            try:
-                with self.store.transaction() as tx:
-                    latest = tx.current(rtype, rid)
-                    if latest is None or latest.version != current.version:
-                        raise VersionConflict()
-                    stored = self._write(tx, patched, rid, current, "PATCH")
-                return WriteResult(stored, False, issues)
-            except VersionConflict:
-                if if_match is not None:
-                    raise FHIRError.of(412, "conflict", f"{rtype}/{rid} was changed by another request") from None
-        raise FHIRError.of(409, "conflict", f"{rtype}/{rid} is being changed by other requests; try again")
+        current = tx.current(rtype, rid)
+        if current is None or current.deleted:
+            raise not_found(f"{rtype}/{rid} is not known")
+        self.check_if_match(current, if_match)
+        try:
+            patched = jsonpatch.apply_patch(jsonio.loads(current.body), patch)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            status = 422 if isinstance(exc, jsonpatch.JsonPatchTestFailed) else 400
+            raise FHIRError.of(status, "processing", f"The patch cannot be applied: {exc}") from None
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise bad_request(f"Malformed JSON Patch: {exc}", code="structure") from None
+        issues = self.validate(patched, rtype, rid)
+        self.gate.authorize(principal, "patch", rtype, patched)
+        return WriteResult(self._write(tx, patched, rid, current, "PATCH"), False, issues)
 
-    def conditional_patch(self, principal: Principal, rtype: str, criteria: str, patch: Any,
-                          if_match: int | None = None) -> WriteResult:
+    def conditional_patch_in(self, tx: Transaction, principal: Principal, rtype: str, criteria: str, patch: Any,
+                             if_match: int | None = None) -> WriteResult:
         self.served(rtype, "patch")
-        matches = self._matches(self.parser.criteria(rtype, criteria))
+        matches = tx.search(self.parser.criteria(rtype, criteria))
         if len(matches) != 1:
             status, code = (404, "not-found") if not matches else (412, "multiple-matches")
             raise FHIRError.of(status, code, f"The criteria '{criteria}' match {len(matches)} resources")
-        return self.patch(principal, rtype, matches[0][1], patch, if_match)
+        return self.patch_in(tx, principal, rtype, matches[0][1], patch, if_match)
 
-    # -- delete ------------------------------------------------------------------------------
-    def delete(self, principal: Principal, rtype: str, rid: str) -> StoredResource | None:
-        """Delete; returns the deletion marker, or None when there was nothing to delete."""
+    def delete_in(self, tx: Transaction, principal: Principal, rtype: str, rid: str) -> StoredResource | None:
         self.served(rtype, "delete")
         self.gate.authorize(principal, "delete", rtype, None)
-        for _ in range(MAX_RETRIES):
-            try:
-                with self.store.transaction() as tx:
-                    current = tx.current(rtype, rid)
-                    if current is None or current.deleted:
-                        return None
-                    marker = StoredResource(rtype, rid, current.version + 1, self.clock(), True, None, "DELETE")
-                    tx.put(marker, None, expected_version=current.version)
-                return marker
-            except VersionConflict:
-                continue
-        raise FHIRError.of(409, "conflict", f"{rtype}/{rid} is being changed by other requests; try again")
+        current = tx.current(rtype, rid)
+        if current is None or current.deleted:
+            return None
+        marker = StoredResource(rtype, rid, current.version + 1, self.clock(), True, None, "DELETE")
+        tx.put(marker, None, expected_version=current.version)
+        return marker
 
-    def conditional_delete(self, principal: Principal, rtype: str, criteria: str) -> int:
-        """Delete every match of ``criteria`` (at most one unless the server allows multiple)."""
+    def conditional_delete_in(self, tx: Transaction, principal: Principal, rtype: str, criteria: str) -> int:
+        """Delete the match of ``criteria``; several matches are refused (conditionalDelete: single)."""
         self.served(rtype, "delete")
-        matches = self._matches(self.parser.criteria(rtype, criteria))
+        matches = tx.search(self.parser.criteria(rtype, criteria))
         if len(matches) > 1:
             raise FHIRError.of(412, "multiple-matches",
                                f"The criteria '{criteria}' match {len(matches)} resources; conditional delete "
                                "removes one resource at a time here")
-        deleted = 0
-        for mtype, mid in matches:
-            if self.delete(principal, mtype, mid) is not None:
-                deleted += 1
-        return deleted
+        return sum(self.delete_in(tx, principal, mtype, mid) is not None for mtype, mid in matches)
 
     # -- history -----------------------------------------------------------------------------
     def history(self, principal: Principal, rtype: str | None, rid: str | None, *, since: str | None,
