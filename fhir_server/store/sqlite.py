@@ -77,7 +77,7 @@ CREATE INDEX IF NOT EXISTS idx_uri_uri ON idx_uri (type, param, uri, rpk);
 CREATE INDEX IF NOT EXISTS idx_uri_rpk ON idx_uri (rpk);
 CREATE TABLE IF NOT EXISTS idx_composite (
     rpk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT,
-    v_system TEXT, v_code TEXT, v_low REAL, v_high REAL, v_text TEXT);
+    v_system TEXT, v_code TEXT, v_low REAL, v_high REAL, v_text TEXT, v_ccode TEXT, v_clow REAL, v_chigh REAL);
 CREATE INDEX IF NOT EXISTS idx_composite_code ON idx_composite (type, param, code, system, rpk);
 CREATE INDEX IF NOT EXISTS idx_composite_rpk ON idx_composite (rpk);
 CREATE TABLE IF NOT EXISTS search_snapshots (
@@ -171,7 +171,7 @@ def write_index(conn: sqlite3.Connection, rpk: int, rtype: str, index: IndexEntr
     if index.uris:
         conn.executemany("INSERT INTO idx_uri VALUES (?,?,?,?)", [(rpk, rtype, e.param, e.uri) for e in index.uris])
     if index.composites:
-        conn.executemany("INSERT INTO idx_composite VALUES (?,?,?,?,?,?,?,?,?,?)",
+        conn.executemany("INSERT INTO idx_composite VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                          [(rpk, rtype, *composite_row(e)) for e in index.composites])
 
 
@@ -179,12 +179,13 @@ def composite_row(entry) -> tuple:
     """Flatten a composite (token, value) entry into the idx_composite columns."""
     first, second = entry.components[0], entry.components[1]
     system, code = getattr(first, "system", None), getattr(first, "code", None)
-    v_system = v_code = v_low = v_high = v_text = None
+    v_system = v_code = v_low = v_high = v_text = v_ccode = v_clow = v_chigh = None
     kind = type(second).__name__
     if kind == "TokenEntry":
         v_system, v_code = second.system, second.code
     elif kind in ("QuantityEntry",):
         v_system, v_code, v_low, v_high = second.system, second.code, second.low, second.high
+        v_ccode, v_clow, v_chigh = second.canonical_code, second.canonical_low, second.canonical_high
     elif kind in ("DateEntry", "NumberEntry"):
         v_low, v_high = second.low, second.high
     elif kind == "StringEntry":
@@ -192,7 +193,7 @@ def composite_row(entry) -> tuple:
     elif kind == "ReferenceEntry":
         v_system, v_code = second.target_type, second.target_id
         v_text = second.url
-    return entry.param, system, code, v_system, v_code, v_low, v_high, v_text
+    return entry.param, system, code, v_system, v_code, v_low, v_high, v_text, v_ccode, v_clow, v_chigh
 
 
 class SQLiteStore(Store):
