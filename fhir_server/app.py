@@ -13,6 +13,7 @@ from fhir_server.search.extract import Indexer
 from fhir_server.search.parameters import SearchParameterRegistry
 from fhir_server.search.parse import SearchParser
 from fhir_server.search.query import AnyOf, Clause, ReferenceValue
+from fhir_server.services.operations import OperationService
 from fhir_server.services.resources import ResourceService
 from fhir_server.services.search import SearchService
 from fhir_server.settings import Settings
@@ -48,6 +49,7 @@ class FHIRServer:
     parser: SearchParser = field(init=False)
     resources: ResourceService = field(init=False)
     search: SearchService = field(init=False)
+    operations: OperationService = field(init=False)
 
     def __post_init__(self) -> None:
         engine = self.engine
@@ -56,6 +58,8 @@ class FHIRServer:
         self.resources = ResourceService(engine.definitions, self.store, engine.validator, engine.indexer,
                                          self.parser, self.gate)
         self.search = SearchService(self.store, self.parser, engine.indexer, self.gate, served)
+        self.operations = OperationService(engine.definitions, self.store, self.resources, self.search,
+                                           engine.validator, engine.indexer, self.gate)
         self._capability: dict | None = None
 
     @property
@@ -102,6 +106,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.url_map.converters["type"] = TypeConverter
     app.before_request(before_request)
     app.register_blueprint(api, url_prefix="/fhir")
+    from fhir_server.http.operations_api import operations_api
+    app.register_blueprint(operations_api, url_prefix="/fhir")
     app.url_map.strict_slashes = False
     logging.basicConfig(level=logging.INFO)
     return app
