@@ -13,6 +13,7 @@ from fhir_server.search.extract import Indexer
 from fhir_server.search.parameters import SearchParameterRegistry
 from fhir_server.search.parse import SearchParser
 from fhir_server.search.query import AnyOf, Clause, ReferenceValue
+from fhir_server.services.bundles import BundleService
 from fhir_server.services.operations import OperationService
 from fhir_server.services.resources import ResourceService
 from fhir_server.services.search import SearchService
@@ -50,6 +51,7 @@ class FHIRServer:
     resources: ResourceService = field(init=False)
     search: SearchService = field(init=False)
     operations: OperationService = field(init=False)
+    bundles: BundleService = field(init=False)
 
     def __post_init__(self) -> None:
         engine = self.engine
@@ -60,6 +62,7 @@ class FHIRServer:
         self.search = SearchService(self.store, self.parser, engine.indexer, self.gate, served)
         self.operations = OperationService(engine.definitions, self.store, self.resources, self.search,
                                            engine.validator, engine.indexer, self.gate)
+        self.bundles = BundleService(self.resources, self.search, self.parser, engine.definitions, engine.renderer)
         self._capability: dict | None = None
 
     @property
@@ -106,7 +109,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.url_map.converters["type"] = TypeConverter
     app.before_request(before_request)
     app.register_blueprint(api, url_prefix="/fhir")
+    from fhir_server.http.bundle_api import bundle_api
     from fhir_server.http.operations_api import operations_api
+    app.register_blueprint(bundle_api, url_prefix="/fhir")
     app.register_blueprint(operations_api, url_prefix="/fhir")
     app.url_map.strict_slashes = False
     logging.basicConfig(level=logging.INFO)

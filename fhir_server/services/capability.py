@@ -69,7 +69,8 @@ def capability_statement(definitions: Definitions, registry: SearchParameterRegi
             "mode": "server",
             "documentation": "FHIR R4 REST API of the shared medical record (DMP)",
             "resource": resources,
-            "interaction": [{"code": "history-system"}, {"code": "search-system"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
+                            {"code": "search-system"}],
             "searchParam": [
                 {"name": "_type", "type": "token",
                  "documentation": "Resource types to search across (system-level search)"},
