@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("paths", nargs="+", type=Path)
     load.add_argument("--store")
     load.add_argument("--quiet", action="store_true", help="no progress line")
+    load.add_argument("--chunk", type=int, default=500, help="resources per store transaction (default 500)")
+    load.add_argument("--resume", action="store_true",
+                      help="continue an interrupted load of the same files (progress kept in --state)")
+    load.add_argument("--state", default="var/load-state.json", help="progress file for --resume")
 
     reindex = sub.add_parser("reindex", help="rebuild the search index of stored resources")
     reindex.add_argument("--store")
@@ -85,8 +89,7 @@ def serve(args: argparse.Namespace) -> int:
 def iter_resources(path: Path) -> Iterator[tuple[str, object]]:
     """(where, parsed resource or error) for every resource in a JSON file, Bundle or NDJSON file."""
     from fhir_server.model import jsonio
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".ndjson")) if path.is_dir() else [path]
-    for file in files:
+    for file in _input_files(path):
         if file.suffix == ".ndjson":
             with file.open("rb") as handle:
                 for number, line in enumerate(handle, 1):
@@ -115,7 +118,12 @@ def _bundle_resources(where: str, bundle: dict) -> Iterator[tuple[str, object]]:
             resource.setdefault("id", str(uuid.uuid4()))
             mapping[full_url] = f"{resource.get('resourceType')}/{resource['id']}"
     for index, entry in enumerate(entries):
-        yield f"{where}#entry[{index}]", rewrite_references(entry.get("resource"), mapping)
+        resource = entry.get("resource")
+        if resource is None:
+            request = entry.get("request") or {}
+            resource = ValueError(f"bundle entry without a resource ({request.get('method', '')} "
+                                  f"{request.get('url', '')}); only resources are loaded".replace(" )", ")"))
+        yield f"{where}#entry[{index}]", rewrite_references(resource, mapping)
 
 
 def _parsed(where: str, data: bytes, jsonio) -> Iterator[tuple[str, object]]:
@@ -128,36 +136,36 @@ def _parsed(where: str, data: bytes, jsonio) -> Iterator[tuple[str, object]]:
 def load(args: argparse.Namespace) -> int:
     from fhir_server.access.gate import ANONYMOUS, OpenGate
     from fhir_server.app import create_app
-    from fhir_server.model.outcome import FHIRError
+    from fhir_server.services.loader import Loader, LoadState
 
     settings = Settings.from_env(store_url=args.store, insecure_no_auth=True)
     server = create_app(settings, gate=OpenGate()).extensions["fhir"]
-    loaded, rejected = 0, []
-    items = [item for path in args.paths for item in iter_resources(path)]
-    for number, (where, resource) in enumerate(items, 1):
-        try:
-            if isinstance(resource, Exception):
-                raise FHIRError.of(400, "structure", str(resource))
-            if not isinstance(resource, dict) or "resourceType" not in resource:
-                raise FHIRError.of(400, "structure", "not a FHIR resource")
-            rtype = resource["resourceType"]
-            if resource.get("id"):
-                server.resources.update(ANONYMOUS, rtype, resource["id"], resource)
-            else:
-                server.resources.create(ANONYMOUS, rtype, resource)
-            loaded += 1
-        except FHIRError as exc:
-            rejected.append((where, "; ".join(f"{i.expression or ''} {i.diagnostics}".strip() for i in exc.issues)))
-        if not args.quiet and (number % 100 == 0 or number == len(items)):
-            print(f"\rloading {number}/{len(items)}  loaded {loaded}  rejected {len(rejected)}", end="",
-                  file=sys.stderr)
+    inputs = sorted({f for path in args.paths for f in (_input_files(path))})
+    state = LoadState(Path(args.state), inputs) if args.resume else None
+    items = (item for path in inputs for item in iter_resources(path))
+
+    def progress(report) -> None:
+        if not args.quiet:
+            print(f"\rloaded {report.loaded}  rejected {len(report.rejected)}  skipped {report.skipped}", end="",
+                  file=sys.stderr, flush=True)
+
+    report = Loader(server.resources, ANONYMOUS).load(items, chunk_size=args.chunk, state=state, progress=progress)
     if not args.quiet:
         print(file=sys.stderr)
-    print(f"{loaded} resources loaded, {len(rejected)} rejected")
-    for where, why in rejected:
+    print(f"{report.loaded} resources loaded, {len(report.rejected)} rejected"
+          + (f", {report.skipped} already loaded by an earlier run" if report.skipped else ""))
+    for where, why in report.rejected:
         print(f"  rejected {where}: {why}")
     server.store.close()
-    return 0 if not rejected else 1
+    return 0 if not report.rejected else 1
+
+
+def _input_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise SystemExit(f"fhir-server load: {path} does not exist")
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in (".json", ".ndjson"))
+    return [path]
 
 
 def reindex(args: argparse.Namespace) -> int:
