@@ -5,32 +5,19 @@ mongomock by default, and against a real server when ``MONGODB_URI`` is set.
 """
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 
 from fhir_server.access.gate import OpenGate
 from fhir_server.app import Engine, create_app
 from fhir_server.settings import Settings
 
-BACKENDS = ["sqlite", "mongo"]
+from backends import BACKENDS, make_store
 
 
 @pytest.fixture(scope="session")
 def engine() -> Engine:
+    """What the R4 definitions compile into (validator, search parameters): built once, shared, read-only."""
     return Engine.build()
-
-
-def make_store(backend: str, tmp_path):
-    if backend == "sqlite":
-        from fhir_server.store.sqlite import SQLiteStore
-        return SQLiteStore(tmp_path / "fhir.sqlite3")
-    from fhir_server.store.mongo import MongoStore
-    uri = os.environ.get("MONGODB_URI")
-    if uri:
-        return MongoStore.from_url(uri.rstrip("/") + f"/test_{uuid.uuid4().hex[:12]}", drop_on_close=True)
-    return MongoStore.from_url("mongomock://localhost/fhir")
 
 
 @pytest.fixture(params=BACKENDS)

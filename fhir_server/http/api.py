@@ -5,7 +5,6 @@ the response (status, ETag, Location, Prefer). They hold no FHIR logic of their 
 """
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, g, request
@@ -216,13 +215,18 @@ def _types_param(values: list[str]) -> tuple[str, ...]:
 def _search(types: tuple[str, ...], params: list[tuple[str, str]],
             compartment: tuple[str, str, tuple[str, ...]] | None = None) -> Response:
     from fhir_server.http.bundles import search_bundle
+    from fhir_server.search.query import AnyOf, Clause, ReferenceValue
     for rtype in types:
         fhir().resources.served(rtype, "search-type")
     strict = prefer_value("handling") == "strict"
     params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
-    parsed = fhir().parser.parse(types, params, strict=strict)
-    if compartment is not None:
-        parsed.query.clauses.append(fhir().compartment_clause(types[0], *compartment))
+    base = base_url()
+    parsed = fhir().parser.parse(types, params, strict=strict, base=base)
+    if compartment is not None:  # any of the type's links to the compartment's resource, on this server
+        ctype, cid, links = compartment
+        value = (ReferenceValue(ctype, cid, f"{base}/{ctype}/{cid}"),)
+        clauses = tuple(Clause(p, "reference", None, value) for p in links)
+        parsed.query.clauses.append(clauses[0] if len(clauses) == 1 else AnyOf(clauses))
     result = fhir().search.search(g.principal, parsed)
     path = request.path if request.method == "GET" else request.path.removesuffix("/_search")
     return respond(search_bundle(result, parsed, base_url(), path, fhir().renderer))

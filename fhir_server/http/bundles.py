@@ -12,7 +12,6 @@ from fhir_server.services.search import SearchResult
 from fhir_server.store.base import HistoryPage, StoredResource
 
 
-
 def _link(relation: str, url: str) -> dict:
     return {"relation": relation, "url": url}
 
@@ -22,28 +21,34 @@ def _entry(stored: StoredResource, base: str, body: Any) -> dict:
 
 
 def search_bundle(result: SearchResult, parsed: ParsedSearch, base: str, path: str, renderer: Renderer) -> dict:
-    """A searchset Bundle whose self link shows exactly the parameters that were applied."""
+    """A searchset Bundle whose links show exactly the parameters that were applied.
+
+    ``self`` is this page (with its ``_page``); ``first`` and ``previous`` are given on later pages
+    (``previous`` only where the store can page backwards: sorted searches), ``next`` when more follow.
+    Matches come first, then included resources, then the OperationOutcome of ignored parameters.
+    """
     root = base.rsplit("/fhir", 1)[0] if "/fhir" in base else base
     url = root + path
     applied = list(parsed.applied)
+
+    def href(page: str | None) -> str:
+        query = urlencode([*applied, ("_page", page)] if page else applied)
+        return url + ("?" + query if query else "")
+
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if result.total is not None:
         bundle["total"] = result.total
-    query = urlencode(applied)
-    bundle["link"] = [_link("self", url + ("?" + query if query else ""))]
-    if result.next_page:
-        bundle["link"].append(_link("next", url + "?" + urlencode([*applied, ("_page", result.next_page)])))
+    bundle["link"] = [_link("self", href(parsed.page))]
     if parsed.page:
-        bundle["link"].append(_link("first", url + ("?" + query if query else "")))
+        bundle["link"].append(_link("first", href(None)))
+    if result.previous_page:
+        bundle["link"].append(_link("previous", href(result.previous_page)))
+    if result.next_page:
+        bundle["link"].append(_link("next", href(result.next_page)))
     entries = []
-    for stored in result.matches:
-        body = renderer.subset(jsonio.loads(stored.body), parsed.summary, parsed.elements)
-        entry = _entry(stored, base, body)
-        entry["search"] = {"mode": "match"}
-        entries.append(entry)
-    for stored in result.included:
+    for stored, mode in [*((s, "match") for s in result.matches), *((s, "include") for s in result.included)]:
         entry = _entry(stored, base, renderer.subset(jsonio.loads(stored.body), parsed.summary, parsed.elements))
-        entry["search"] = {"mode": "include"}
+        entry["search"] = {"mode": mode}
         entries.append(entry)
     if result.issues:
         entries.append({"resource": operation_outcome(result.issues), "search": {"mode": "outcome"}})

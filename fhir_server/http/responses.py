@@ -9,7 +9,7 @@ from werkzeug.routing import BaseConverter
 from fhir_server.http.negotiation import response_type
 from fhir_server.http.rendering import version_headers
 from fhir_server.model import jsonio
-from fhir_server.model.outcome import FHIRError, Issue, operation_outcome
+from fhir_server.model.outcome import Issue, operation_outcome
 from fhir_server.store.base import StoredResource
 
 

@@ -7,6 +7,7 @@ is always a 400 naming the parameter (R4 search.html, "Handling errors").
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Iterable
@@ -33,6 +34,8 @@ RESULT_PARAMETERS = {"_count", "_sort", "_include", "_revinclude", "_total", "_s
                      "_format", "_pretty", "_type", "_page", "_contained", "_containedType"}
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
+_REQUEST_BASE: ContextVar[str | None] = ContextVar("search_request_base", default=None)
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _ESCAPED_SPLIT = {",": re.compile(r"(?<!\\),"), "|": re.compile(r"(?<!\\)\|"), "$": re.compile(r"(?<!\\)\$")}
 
 
@@ -61,12 +64,13 @@ class ParsedSearch:
     query: Query
     count: int = DEFAULT_COUNT
     includes: list[Include] = field(default_factory=list)
-    total: str = "accurate"
+    total: str | None = None  # none | estimate | accurate; None: the server's choice (first page only)
     summary: str | None = None
     elements: list[str] | None = None
     page: str | None = None
     applied: list[tuple[str, str]] = field(default_factory=list)  # what the self link shows
     issues: list[Issue] = field(default_factory=list)
+    base: str = ""  # the server base the search was made on (local absolute references)
 
 
 class SearchParser:
@@ -78,12 +82,24 @@ class SearchParser:
         self.base_url = base_url.rstrip("/")
 
     # -- entry points ------------------------------------------------------------------------
-    def parse(self, types: tuple[str, ...], params: list[tuple[str, str]], *, strict: bool = False) -> ParsedSearch:
-        result = ParsedSearch(Query(types=types))
+    def parse(self, types: tuple[str, ...], params: list[tuple[str, str]], *, strict: bool = False,
+              base: str | None = None) -> ParsedSearch:
+        """``base``: the server base URL the request was made on (absolute references on it are local);
+        the configured base when not given."""
+        result = ParsedSearch(Query(types=types), base=(base if base is not None else self.base_url).rstrip("/"))
+        token = _REQUEST_BASE.set(result.base)
+        try:
+            self._parse(result, types, params, strict)
+        finally:
+            _REQUEST_BASE.reset(token)
+        return result
+
+    def _parse(self, result: ParsedSearch, types: tuple[str, ...], params: list[tuple[str, str]],
+               strict: bool) -> None:
         for name, value in params:
-            base = name.split(":", 1)[0]
+            code = name.split(":", 1)[0]
             try:
-                if base in RESULT_PARAMETERS:
+                if code in RESULT_PARAMETERS:
                     self._result_parameter(result, name, value, types, strict)
                 else:
                     clause = self._clause(types, name, value)
@@ -95,7 +111,6 @@ class SearchParser:
                 if strict:
                     raise FHIRError.of(400, "not-supported", str(exc), name) from None
                 result.issues.append(Issue("warning", "not-supported", f"{exc}; it was ignored", name))
-        return result
 
     def criteria(self, rtype: str, criteria: str) -> Query:
         """Parse the criteria of a conditional interaction strictly: every parameter must be known."""
@@ -122,15 +137,21 @@ class SearchParser:
             result.count = min(int(value), MAX_COUNT)
             result.applied.append((name, str(result.count)))
         elif name == "_sort":
+            keys = []
             for key in value.split(","):
                 descending = key.startswith("-")
-                code = key.lstrip("-")
+                code = key[1:] if descending else key
                 param = self._param(types, code)
-                if param is None:
-                    raise UnknownParameter(f"Unknown sort parameter '{code}'")
-                result.query.sort.append(SortKey(code, param.type, descending))
+                if param is None or param.type in ("composite", "special") or (
+                        param.expression is None and code not in ("_id", "_lastUpdated")):
+                    raise UnknownParameter(f"Unknown or unsortable sort parameter '{code}'")
+                keys.append(SortKey(code, param.type, descending))
+            result.query.sort.extend(keys)
             result.applied.append((name, value))
         elif name.split(":")[0] in ("_include", "_revinclude"):
+            modifier = name.partition(":")[2]
+            if modifier not in ("", "iterate", "recurse"):
+                raise FHIRError.of(400, "invalid", f"Unknown modifier ':{modifier}' on {name.split(':')[0]}", name)
             result.includes.append(self._include(name, value))
             result.applied.append((name, value))
         elif name == "_total":
@@ -149,7 +170,9 @@ class SearchParser:
         elif name == "_page":
             result.page = value
         elif name == "_type":
-            pass  # consumed by the system-level search route
+            if not types or value.split(",") != [t for t in value.split(",") if t in types]:
+                return  # consumed by the system-level search route; ignored on a type-level search
+            result.applied.append((name, value))
         elif name in ("_contained", "_containedType"):
             raise UnknownParameter(f"{name} is not supported")
 
@@ -159,6 +182,8 @@ class SearchParser:
         parts = value.split(":")
         if value == "*":
             return Include("*", "*", None, iterate, reverse)
+        if any(not p for p in parts):
+            raise FHIRError.of(400, "invalid", f"{name} must be 'SourceType:param[:TargetType]', not '{value}'", name)
         if len(parts) < 2 or len(parts) > 3:
             raise FHIRError.of(400, "invalid", f"{name} must be 'SourceType:param[:TargetType]', not '{value}'", name)
         source, code = parts[0], parts[1]
@@ -175,11 +200,19 @@ class SearchParser:
 
     # -- clauses -----------------------------------------------------------------------------
     def _param(self, types: tuple[str, ...], code: str) -> SearchParam | None:
+        """The parameter ``code`` of ``types``; a search across several types may only use parameters
+        defined on each of them (400 otherwise), and one without ``_type`` only the Resource ones."""
         if not types:
             types = ("Resource",)
         found = [self.registry.get(t, code) for t in types]
-        found = [p for p in found if p is not None]
-        return found[0] if found else None
+        known = [p for p in found if p is not None]
+        if not known:
+            return None
+        if len(known) < len(found) or len({p.type for p in known}) > 1:
+            missing = [t for t, p in zip(types, found) if p is None]
+            raise FHIRError.of(400, "invalid", f"Search parameter '{code}' is not defined (with one type) on every "
+                               f"searched type" + (f"; not on {', '.join(missing)}" if missing else ""), code)
+        return known[0]
 
     def _clause(self, types: tuple[str, ...], name: str, value: str) -> Clause | HasClause | None:
         if name.startswith("_has:"):
@@ -206,14 +239,17 @@ class SearchParser:
                                    f"Modifier ':{modifier}' is not supported on {param.type} parameter '{code}'", name)
         if value == "":
             raise FHIRError.of(400, "invalid", f"Search parameter '{name}' has an empty value", name)
+        if modifier in ("in", "not-in"):
+            return Clause(code, "token", modifier, self._expand(value, name))
         values = tuple(self._value(param, modifier, unescape_part, name)
                        for unescape_part in split_escaped(value, ","))
         if modifier == "of-type":
             return Clause(f"{code}:of-type", "token", None, values)
         if modifier == "identifier":
             return Clause(f"{code}:identifier", "token", None, values)
-        if modifier in ("in", "not-in"):
-            raise FHIRError.of(400, "not-supported", f"':{modifier}' needs a value set this server holds", name)
+        if param.type == "reference":
+            values = tuple(v for group in values for v in (group if isinstance(group, tuple) else (group,)))
+            modifier = None if modifier and modifier[0].isupper() else modifier
         return Clause(code, param.type, modifier, values)
 
     def _chain(self, types: tuple[str, ...], param: SearchParam, type_modifier: str | None, rest: str,
@@ -221,12 +257,20 @@ class SearchParser:
         if param.type != "reference":
             raise FHIRError.of(400, "invalid", f"'{param.code}' is not a reference parameter and cannot be chained",
                                name)
+        if type_modifier is not None and (type_modifier not in self.served or
+                                          (param.targets and type_modifier not in param.targets)):
+            raise FHIRError.of(400, "invalid", f"'{type_modifier}' is not a target type of '{param.code}'", name)
         targets = (type_modifier,) if type_modifier else tuple(t for t in param.targets if t in self.served)
         inner_code = rest.split(".", 1)[0].split(":", 1)[0]
         usable = tuple(t for t in targets if self.registry.get(t, inner_code) is not None)
         if not usable:
-            raise FHIRError.of(400, "invalid", f"Chained parameter '{rest}' is not defined on "
-                               f"{', '.join(targets) or 'the targets of ' + param.code}", name)
+            raise UnknownParameter(f"Chained parameter '{inner_code}' is not defined on "
+                                   f"{', '.join(targets) or 'the targets of ' + param.code}")
+        if len(usable) > 1:  # the inner parameter must mean the same on every target: group by its type
+            kinds = {self.registry.get(t, inner_code).type for t in usable}
+            if len(kinds) > 1:
+                raise FHIRError.of(400, "invalid", f"Chained parameter '{inner_code}' has different types on "
+                                   f"{', '.join(usable)}; name the target type ({param.code}:Type.{rest})", name)
         inner = self._clause(usable, rest, value)
         return Clause(param.code, "reference", None, (), chain=Chain(usable, Query(types=usable, clauses=[inner])))
 
@@ -240,6 +284,8 @@ class SearchParser:
         ref = self.registry.get(source, ref_code)
         if ref is None or ref.type != "reference":
             raise FHIRError.of(400, "invalid", f"_has: '{ref_code}' is not a reference parameter of {source}", name)
+        if not rest:
+            raise FHIRError.of(400, "invalid", f"_has must be '_has:Type:reference:parameter', not '{name}'", name)
         inner = self._clause((source,), rest, value)
         return HasClause(source, ref_code, Query(types=(source,), clauses=[inner]))
 
@@ -314,23 +360,64 @@ class SearchParser:
                 canonical = converted
         return RangeValue(prefix, low, high, system, code, canonical)
 
-    def _reference(self, param: SearchParam, modifier: str | None, text: str) -> ReferenceValue:
+    def _reference(self, param: SearchParam, modifier: str | None, text: str):
+        """A reference value: local ones (``id``, ``Type/id``, or an absolute URL on this server's base)
+        become ``ReferenceValue(Type, id, url)`` with ``url`` the local resource's absolute URL, so a
+        store matches relative references and absolute ones on this base, not another server's; an
+        id alone with several possible target types gives one value per type (a tuple). Any other
+        URL (another server, ``urn:``, a canonical) is matched as a URL."""
         target_type = modifier if modifier and modifier[0].isupper() else None
-        if self.base_url and text.startswith(self.base_url + "/"):
-            text = text[len(self.base_url) + 1:]
-        if "://" in text or text.startswith("urn:"):
-            match = re.search(r"/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[^/]+)?$", text)
-            if match:
-                return ReferenceValue(match.group(1), match.group(2), text)
-            return ReferenceValue(None, None, text)
+        base = _REQUEST_BASE.get() or self.base_url
+        for local_base in {base, self.base_url} - {""}:
+            if text.startswith(local_base + "/"):
+                text = text[len(local_base) + 1:]
+                break
+        if "://" in text or text.startswith(("urn:", "#")):
+            return ReferenceValue(None, None, text.split("|", 1)[0] if "|" in text else text)
         segments = text.split("/")
-        if len(segments) >= 2:
-            if segments[0] not in self.served and not segments[0][:1].isupper():
-                raise ValueError("expected Type/id")
-            return ReferenceValue(segments[0], segments[1])
-        if target_type is None and len(param.targets) == 1:
-            target_type = param.targets[0]
-        return ReferenceValue(target_type, text)
+        if len(segments) == 4 and segments[2] == "_history":
+            segments = segments[:2]
+        if len(segments) == 2:
+            rtype, rid = segments
+            if not re.fullmatch(r"[A-Z][A-Za-z]{1,63}", rtype) or not _ID.fullmatch(rid):
+                raise ValueError("expected [Type/]id")
+            if target_type is not None and rtype != target_type:
+                raise ValueError(f"the value names {rtype}, the modifier {target_type}")
+            return self._local(rtype, rid, base)
+        if len(segments) != 1 or not _ID.fullmatch(text):
+            raise ValueError("expected an id, Type/id or an absolute URL")
+        if target_type is not None:
+            return self._local(target_type, text, base)
+        targets = param.targets or tuple(sorted(self.served))
+        return tuple(self._local(t, text, base) for t in targets)
+
+    @staticmethod
+    def _local(rtype: str, rid: str, base: str) -> ReferenceValue:
+        return ReferenceValue(rtype, rid, f"{base}/{rtype}/{rid}" if base else None)
+
+    def _expand(self, value: str, name: str) -> tuple[TokenValue, ...]:
+        """``:in`` / ``:not-in``: the codes of a value set this server holds, as token values.
+
+        A code matches with its system, or without system (elements of type ``code`` carry their
+        system implicitly)."""
+        if "," in value:
+            raise FHIRError.of(400, "invalid", f"{name} takes one value set URL", name)
+        url = value.split("|", 1)[0]
+        expansion = self.registry.definitions.required_value_sets.get(url)
+        if expansion is None:
+            raise FHIRError.of(400, "not-supported", f"{name}: the value set '{url}' is not known to this server",
+                               name)
+        codes = expansion.get("codes")
+        if codes is None:
+            raise FHIRError.of(400, "not-supported", f"{name}: the value set '{url}' cannot be expanded: "
+                               f"{expansion.get('notExpandable', 'no expansion')}", name)
+        out: dict[TokenValue, None] = {}
+        for system, code in codes:
+            out[TokenValue(system, code, True)] = None
+            out[TokenValue(None, code, True)] = None
+        if not out:  # an empty value set: a code no resource has, so :in matches nothing, :not-in everything
+            out[TokenValue(None, "\x00no-code", True)] = None
+        return tuple(out)
 
     def _composite(self, param: SearchParam, text: str) -> CompositeValue:
         parts = split_escaped(text, "$")
@@ -341,7 +428,10 @@ class SearchParser:
             component = self.registry.by_url(url)
             if component is None:
                 raise ValueError(f"component {url} is unknown")
-            values.append(self._value(component, None, part, param.code))
+            value = self._value(component, None, part, param.code)
+            if isinstance(value, tuple):
+                raise ValueError("a reference in a composite value must be Type/id or a URL")
+            values.append(value)
         return CompositeValue(tuple(values))
 
 

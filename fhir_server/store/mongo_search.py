@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 
 from fhir_server.search.query import (AnyOf, Chain, Clause, CompositeValue, HasClause, Query, RangeValue,
                                       ReferenceValue, SortKey, StringValue, TokenValue, UriValue, approximate_range)
+from fhir_server.store.sqlite_search import uri_ancestors
 
 FIELD_OF = {"token": "tok", "string": "str", "date": "dt", "number": "num", "quantity": "qty", "reference": "ref",
             "uri": "uri", "composite": "cmp", "special": "tok"}
@@ -181,14 +182,15 @@ class MongoCompiler:
                 parts["ti"] = value.target_id
             if value.target_type is not None:
                 parts["tt"] = value.target_type
-            if value.url is not None:
-                return {"$or": [parts, {"u": value.url}]}
+            if value.url is not None:  # a local resource: relative reference, or absolute on our base
+                parts["u"] = {"$in": [None, value.url]}
             return parts
         if isinstance(value, UriValue):
-            if mod == "below":
-                return {"u": {"$regex": "^" + regex_escape(value.uri)}}
-            if mod == "above":  # the stored uri is a prefix of the query uri
-                return {"u": {"$in": [value.uri[:n] for n in range(len(value.uri) + 1)]}}
+            if mod == "below":  # the uri itself, or anything under it on a path boundary
+                stem = value.uri if value.uri.endswith("/") else value.uri + "/"
+                return {"$or": [{"u": value.uri}, {"u": {"$regex": "^" + regex_escape(stem)}}]}
+            if mod == "above":  # the stored uri is the query uri or one of its ancestors
+                return {"u": {"$in": uri_ancestors(value.uri)}}
             return {"u": value.uri}
         if isinstance(value, CompositeValue):
             return self.composite(value)

@@ -7,6 +7,7 @@ drives the query from the composite index of the most useful table; chains and
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from typing import Any
 
@@ -28,15 +29,41 @@ def encode_cursor(state: dict) -> str:
 
 
 def decode_cursor(cursor: str) -> dict:
+    """The state of a page link; :class:`PageExpired` for anything that is not one we could have made
+    (a flat JSON object of short strings and non-negative integers)."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        state = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(state, dict):
+        state = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8"))
+        if not isinstance(state, dict) or not state:
             raise ValueError
+        for key, value in state.items():
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise ValueError
+            if isinstance(value, int) and value < 0 or isinstance(value, str) and len(value) > 200:
+                raise ValueError
         return state
-    except ValueError:
+    except (ValueError, TypeError, UnicodeError, binascii.Error):
         from fhir_server.store.base import PageExpired
         raise PageExpired() from None
+
+
+def previous_cursor(cursor: str | None, count: int) -> str | None:
+    """The link state of the page before a sorted (snapshot) page: same snapshot, ``count`` earlier.
+
+    Snapshot cursors (``{"s": snapshot, "o": offset, ...}``) are shared by the SQLite and MongoDB
+    stores; keyset cursors of unsorted searches (``{"k": ...}``) cannot go back: ``None``."""
+    if not cursor:
+        return None
+    state = decode_cursor(cursor)
+    if "s" not in state or "o" not in state:
+        return None
+    try:
+        offset = int(state["o"])
+    except (TypeError, ValueError):
+        return None
+    if offset <= 0:
+        return None
+    return encode_cursor(dict(state, o=max(0, offset - count)))
 
 
 def _like_escape(text: str) -> str:
@@ -76,6 +103,11 @@ def range_condition(prefix: str, low_col: str, high_col: str, low: Any, high: An
     raise ValueError(f"unknown prefix {prefix}")
 
 
+QUANTITY_COLUMNS = ("low", "high", "system", "code", ("ccode", "clow", "chigh"))
+COMPOSITE_COLUMNS = ("v_low", "v_high", "v_system", "v_code", ("v_ccode", "v_clow", "v_chigh"))
+CANONICAL_EPSILON = 1e-9  # relative: unit conversions are float products, equal values may differ by an ulp
+
+
 class SQLCompiler:
     """Turns queries into (sql, args) pairs. Stateless; one per store."""
 
@@ -83,8 +115,14 @@ class SQLCompiler:
     def select_page(self, query: Query, limit: int, cursor: dict | None) -> tuple[str, list]:
         where, args = self.where(query, "r")
         if cursor:
+            after = cursor.get("k")
+            if isinstance(after, str) and after.isdigit():
+                after = int(after)
+            if not isinstance(after, int) or isinstance(after, bool) or set(cursor) != {"k"}:
+                from fhir_server.store.base import PageExpired
+                raise PageExpired()  # a sorted search's link, or not one of ours
             where += " AND r.rpk > ?"
-            args.append(int(cursor["k"]))
+            args.append(after)
         sql = (f"SELECT r.rpk, {RESOURCE_COLUMNS} FROM resources r JOIN versions v ON v.vrow = r.vrow"
                f" WHERE {where} ORDER BY r.rpk LIMIT ?")
         return sql, [*args, limit]
@@ -106,7 +144,10 @@ class SQLCompiler:
     def where(self, query: Query, alias: str, depth: int = 0) -> tuple[str, list]:
         parts, args = [f"{alias}.deleted = 0"], []
         if query.types:
-            parts.append(f"{alias}.type IN ({','.join('?' * len(query.types))})")
+            # with clauses, the type test must not drive the query (a scan of the whole type): the
+            # unary + keeps it off the type index, so SQLite starts from the clauses' IN lists of rpk
+            column = f"+{alias}.type" if query.clauses else f"{alias}.type"
+            parts.append(f"{column} IN ({','.join('?' * len(query.types))})")
             args += list(query.types)
         for clause in query.clauses:
             sql, cargs = self.any_clause(clause, query, alias, depth)
@@ -152,9 +193,12 @@ class SQLCompiler:
             return f"{alias}.rpk {'NOT ' if clause.missing else ''}IN ({head})", args
         if clause.chain is not None:
             return self.chain(clause, types, alias, depth)
-        ors = [self.value(clause, value, args) for value in clause.values]
+        if clause.values and clause.modifier != "text" and all(isinstance(v, TokenValue) for v in clause.values):
+            ors = self.tokens(clause.values, "system", "code", args)
+        else:
+            ors = [self.value(clause, value, args) for value in clause.values]
         negate = clause.modifier in ("not", "not-in")
-        return f"{alias}.rpk {'NOT ' if negate else ''}IN ({head} AND ({' OR '.join(ors)}))", args
+        return f"{alias}.rpk {'NOT ' if negate else ''}IN ({head} AND ({' OR '.join(ors or ['0'])}))", args
 
     def value(self, clause: Clause, value: Any, args: list) -> str:
         mod = clause.modifier
@@ -173,34 +217,65 @@ class SQLCompiler:
             args += [value.text, value.text + STRING_END]
             return "(norm >= ? AND norm < ?)"
         if isinstance(value, RangeValue):
-            return self.range(clause.type, value, "low", "high", "system", "code", args)
+            return self.range(clause.type, value, QUANTITY_COLUMNS, args)
         if isinstance(value, ReferenceValue):
-            parts = []
-            if value.url is not None and value.target_id is None:
-                args.append(value.url)
-                return "url = ?"
-            if value.target_id is not None:
-                parts.append("target_id = ?")
-                args.append(value.target_id)
-            if value.target_type is not None:
-                parts.append("target_type = ?")
-                args.append(value.target_type)
-            if value.url is not None:
-                args.append(value.url)
-                return f"(({' AND '.join(parts)}) OR url = ?)"
-            return "(" + " AND ".join(parts or ["1"]) + ")"
+            return self.reference(value, "target_type", "target_id", "url", args)
         if isinstance(value, UriValue):
-            if mod == "below":
-                args += [value.uri, value.uri + STRING_END]
-                return "(uri >= ? AND uri < ?)"
-            if mod == "above":
-                args.append(value.uri)
-                return "(substr(?1, 1, length(uri)) = uri)".replace("?1", "?")
+            if mod == "below":  # the value itself, or below it on a path segment boundary
+                stem = value.uri if value.uri.endswith("/") else value.uri + "/"
+                args += [value.uri, stem, stem + STRING_END]
+                return "(uri = ? OR (uri >= ? AND uri < ?))"
+            if mod == "above":  # the stored uri is the value or one of its ancestors
+                candidates = uri_ancestors(value.uri)
+                args += candidates
+                return f"uri IN ({','.join('?' * len(candidates))})"
             args.append(value.uri)
             return "uri = ?"
         if isinstance(value, CompositeValue):
             return self.composite(value, args)
         raise ValueError(f"cannot compile {value!r}")
+
+    @staticmethod
+    def reference(value: ReferenceValue, type_col: str, id_col: str, url_col: str, args: list) -> str:
+        """A local reference (type/id; ``url`` its absolute URL on this server) matches relative
+        references and absolute ones on this server, not another server's with the same tail; a
+        reference given as a URL only matches that URL."""
+        if value.target_id is None:
+            if value.url is None:
+                return "0"
+            args.append(value.url)
+            return f"{url_col} = ?"
+        parts = [f"{id_col} = ?"]
+        args.append(value.target_id)
+        if value.target_type is not None:
+            parts.append(f"{type_col} = ?")
+            args.append(value.target_type)
+        if value.url is not None:
+            parts.append(f"({url_col} IS NULL OR {url_col} = ?)")
+            args.append(value.url)
+        return "(" + " AND ".join(parts) + ")"
+
+    @staticmethod
+    def tokens(values: tuple, system_col: str, code_col: str, args: list) -> list[str]:
+        """ORed token values, the codes of one system grouped in one ``IN`` (value set expansions)."""
+        groups: dict[tuple[bool, str | None], list[str]] = {}
+        ors = []
+        for value in values:
+            if value.code is None:
+                ors.append(SQLCompiler.token(value, system_col, code_col, args))
+            else:
+                groups.setdefault((value.match_system, value.system), []).append(value.code)
+        for (match_system, system), codes in groups.items():
+            codes = list(dict.fromkeys(codes))
+            test = f"{code_col} = ?" if len(codes) == 1 else f"{code_col} IN ({','.join('?' * len(codes))})"
+            args += codes
+            if match_system and system is None:
+                test += f" AND {system_col} IS NULL"
+            elif match_system:
+                test += f" AND {system_col} = ?"
+                args.append(system)
+            ors.append(f"({test})")
+        return ors
 
     @staticmethod
     def token(value: TokenValue, system_col: str, code_col: str, args: list) -> str:
@@ -217,16 +292,21 @@ class SQLCompiler:
         return "(" + " AND ".join(parts or ["1"]) + ")"
 
     @staticmethod
-    def range(kind: str, value: RangeValue, low: str, high: str, system: str, code: str, args: list) -> str:
-        if kind == "quantity" and value.canonical is not None:
+    def range(kind: str, value: RangeValue, columns: tuple, args: list) -> str:
+        """A date, number or quantity value; a quantity with a UCUM unit is compared in canonical
+        units with every stored quantity convertible to them, and as given with the others."""
+        low, high, system, code, canonical = columns
+        if kind == "quantity" and value.canonical is not None and canonical is not None:
             unit, clow, chigh = value.canonical
+            eps = CANONICAL_EPSILON * max(abs(clow), abs(chigh))
+            ccode, clow_col, chigh_col = canonical
             args.append(unit)
-            cond = range_condition(value.prefix, "clow", "chigh", clow, chigh, args)
+            cond = range_condition(value.prefix, clow_col, chigh_col, clow - eps, chigh + eps, args)
             plain_args: list = []
             plain = range_condition(value.prefix, low, high, value.low, value.high, plain_args)
             unit_sql = SQLCompiler._unit(value, system, code, plain_args)
             args += plain_args
-            return f"((ccode = ? AND {cond}) OR ({plain}{unit_sql}))"
+            return f"(({ccode} = ? AND {cond}) OR ({plain}{unit_sql}))"
         cond = range_condition(value.prefix, low, high, value.low, value.high, args)
         if kind == "quantity":
             cond += SQLCompiler._unit(value, system, code, args)
@@ -250,42 +330,41 @@ class SQLCompiler:
             sql += " AND " + self.token(second, "v_system", "v_code", args)
         elif isinstance(second, RangeValue):
             kind = "quantity" if (second.code or second.system) else "number"
-            sql += " AND " + self.range(kind, second, "v_low", "v_high", "v_system", "v_code", args)
+            sql += " AND " + self.range(kind, second, COMPOSITE_COLUMNS, args)
         elif isinstance(second, StringValue):
             args += [second.text, second.text + STRING_END]
             sql += " AND (v_text >= ? AND v_text < ?)"
         elif isinstance(second, ReferenceValue):
-            sql += " AND v_code = ?"
-            args.append(second.target_id)
-            if second.target_type:
-                sql += " AND v_system = ?"
-                args.append(second.target_type)
+            sql += " AND " + self.reference(second, "v_system", "v_code", "v_text", args)
         return f"({sql})"
 
     def chain(self, clause: Clause, types: tuple[str, ...], alias: str, depth: int) -> tuple[str, list]:
         chain: Chain = clause.chain
-        inner = f"c{depth}"
+        inner, ref = f"c{depth}", f"cr{depth}"
         args: list = []
-        head = ("SELECT ref.rpk FROM idx_reference ref WHERE " + self._type_filter(types, "ref.type", args)
-                + "ref.param = ? AND (")
+        head = (f"SELECT {ref}.rpk FROM idx_reference {ref} WHERE " + self._type_filter(types, f"{ref}.type", args)
+                + f"{ref}.param = ? AND (")
         args.append(clause.param)
         ors = []
         for target in chain.target_types:
             sub = Query(types=(target,), clauses=chain.query.clauses)
             where, wargs = self.where(sub, inner, depth + 1)
-            ors.append(f"(ref.target_type = ? AND ref.target_id IN (SELECT {inner}.id FROM resources {inner}"
+            ors.append(f"({ref}.target_type = ? AND {ref}.target_id IN (SELECT {inner}.id FROM resources {inner}"
                        f" WHERE {where}))")
             args += [target, *wargs]
         return f"{alias}.rpk IN ({head}{' OR '.join(ors)}))", args
 
     def has(self, clause: HasClause, outer: Query, alias: str, depth: int) -> tuple[str, list]:
-        inner = f"h{depth}"
+        """``_has``: the resources some matching ``source_type`` resource refers to, by an uncorrelated
+        subquery driven by the inner query (source rows, their references, then the targets)."""
+        inner, ref, target = f"h{depth}", f"hr{depth}", f"ht{depth}"
         sub = Query(types=(clause.source_type,), clauses=clause.query.clauses)
         where, wargs = self.where(sub, inner, depth + 1)
-        sql = (f"{alias}.id IN (SELECT ref.target_id FROM idx_reference ref JOIN resources {inner}"
-               f" ON {inner}.rpk = ref.rpk WHERE ref.type = ? AND ref.param = ? AND ref.target_type = {alias}.type"
-               f" AND {where})")
-        return sql, [clause.source_type, clause.reference_param, *wargs]
+        sql = (f"{alias}.rpk IN (SELECT {target}.rpk FROM resources {inner}"
+               f" JOIN idx_reference {ref} ON {ref}.rpk = {inner}.rpk"
+               f" JOIN resources {target} ON {target}.type = {ref}.target_type AND {target}.id = {ref}.target_id"
+               f" WHERE {ref}.param = ? AND {where})")
+        return sql, [clause.reference_param, *wargs]
 
     # -- ORDER BY ---------------------------------------------------------------------------
     def order_by(self, keys: list[SortKey], alias: str) -> tuple[str, list]:
@@ -304,3 +383,18 @@ class SQLCompiler:
                 args.append(key.param)
         parts.append(f"{alias}.rpk ASC")
         return ", ".join(parts), args
+
+
+def uri_ancestors(uri: str) -> list[str]:
+    """``uri`` and every ancestor of it on a path boundary, with and without the trailing slash
+    (``:above``): ``http://a/b/c`` -> ``http://a/b/c``, ``http://a/b/``, ``http://a/b``, ``http://a/``, ``http://a``."""
+    start = uri.find("://")
+    start = start + 3 if start >= 0 else 0
+    out = [uri]
+    position = len(uri)
+    while True:
+        position = uri.rfind("/", start, position)
+        if position < 0:
+            break
+        out += [uri[:position + 1], uri[:position]]
+    return list(dict.fromkeys(c for c in out if c and len(c) > start))
