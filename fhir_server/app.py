@@ -17,6 +17,7 @@ from fhir_server.services.bundles import BundleService
 from fhir_server.services.operations import OperationService
 from fhir_server.services.resources import ResourceService
 from fhir_server.services.search import SearchService
+from fhir_server.services.search_parameters import SearchParameterService
 from fhir_server.settings import Settings
 from fhir_server.store import Store, open_store
 from fhir_server.validation.structure import StructureValidator
@@ -41,7 +42,12 @@ class Engine:
 
 @dataclass
 class FHIRServer:
-    """Everything a request handler may use; one per application (``app.extensions["fhir"]``)."""
+    """Everything a request handler may use; one per application (``app.extensions["fhir"]``).
+
+    ``engine`` becomes this server's own copy, whose search parameter registry and indexer hold the
+    store's custom SearchParameters (:mod:`fhir_server.services.search_parameters`): the engine
+    passed in, possibly shared with other servers, is never changed.
+    """
 
     settings: Settings
     engine: Engine
@@ -52,18 +58,21 @@ class FHIRServer:
     search: SearchService = field(init=False)
     operations: OperationService = field(init=False)
     bundles: BundleService = field(init=False)
+    search_parameters: SearchParameterService = field(init=False)
 
     def __post_init__(self) -> None:
-        engine = self.engine
+        self.search_parameters = SearchParameterService(self.engine, self.store)
+        self.engine = engine = self.search_parameters.engine
         served = frozenset(engine.definitions.served)
         self.parser = SearchParser(engine.registry, served, self.settings.base_url or "")
         self.resources = ResourceService(engine.definitions, self.store, engine.validator, engine.indexer,
-                                         self.parser, self.gate)
+                                         self.parser, self.gate, on_write=self.search_parameters.on_write)
         self.search = SearchService(self.store, self.parser, engine.indexer, self.gate, served)
         self.operations = OperationService(engine.definitions, self.store, self.resources, self.search,
                                            engine.validator, engine.indexer, self.gate)
         self.bundles = BundleService(self.resources, self.search, self.parser, engine.definitions, engine.renderer)
-        self._capability: dict | None = None
+        self._capability: tuple[int, dict] | None = None  # (registry version, statement)
+        self.search_parameters.load()
 
     @property
     def definitions(self) -> Definitions:
@@ -79,9 +88,10 @@ class FHIRServer:
 
     def capability(self, base_url: str) -> dict:
         from fhir_server.services.capability import capability_statement
-        if self._capability is None:
-            self._capability = capability_statement(self.definitions, self.engine.registry)
-        return dict(self._capability, implementation={"description": "DMP FHIR server", "url": base_url})
+        version = self.engine.registry.version  # read first: a change while building makes it stale at once
+        if self._capability is None or self._capability[0] != version:
+            self._capability = (version, capability_statement(self.definitions, self.engine.registry))
+        return dict(self._capability[1], implementation={"description": "DMP FHIR server", "url": base_url})
 
     @staticmethod
     def compartment_clause(rtype: str, compartment_type: str, compartment_id: str, params: tuple[str, ...]):
@@ -108,11 +118,14 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     errors.register(app)
     app.url_map.converters["type"] = TypeConverter
     app.before_request(before_request)
+    app.before_request(server.search_parameters.before_request)
     app.register_blueprint(api, url_prefix="/fhir")
     from fhir_server.http.bundle_api import bundle_api
     from fhir_server.http.operations_api import operations_api
     app.register_blueprint(bundle_api, url_prefix="/fhir")
     app.register_blueprint(operations_api, url_prefix="/fhir")
+    import auth  # the SMART authorization server: /auth/..., /fhir/.well-known/smart-configuration
+    auth.init_app(app, server)
     app.url_map.strict_slashes = False
     logging.basicConfig(level=logging.INFO)
     return app

@@ -1,4 +1,4 @@
-"""The ``fhir-server`` command: ``serve``, ``load`` and ``reindex``."""
+"""The ``fhir-server`` command: ``serve``, ``load``, ``reindex``; ``clients``, ``users``, ``launch`` (auth/cli.py)."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--base-url", help="public base URL of the API, e.g. https://host/fhir")
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="serve without authentication (development only; loopback hosts only)")
+    serve.add_argument("--otp-ttl", type=int, help="seconds a one-time login code stays valid (default 300)")
+    serve.add_argument("--access-token-ttl", type=int, help="seconds an access token stays valid (default 3600)")
+    serve.add_argument("--otp-outbox", metavar="DIR",
+                       help="development: write one-time login codes as JSON files into DIR instead of sending them")
 
     load = sub.add_parser("load", help="import FHIR JSON files, Bundles and NDJSON through validation")
     load.add_argument("paths", nargs="+", type=Path)
@@ -46,12 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     reindex = sub.add_parser("reindex", help="rebuild the search index of stored resources")
     reindex.add_argument("--store")
     reindex.add_argument("--type", action="append", dest="types", help="only these types (repeatable)")
+
+    from auth.cli import add_parsers as add_auth_parsers  # clients add, users add, launch
+    add_auth_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"serve": serve, "load": load, "reindex": reindex}[args.command](args)
+    from auth.cli import COMMANDS as AUTH_COMMANDS
+    return {"serve": serve, "load": load, "reindex": reindex, **AUTH_COMMANDS}[args.command](args)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -60,7 +68,9 @@ def serve(args: argparse.Namespace) -> int:
               "record must only be reachable from this machine", file=sys.stderr)
         return 2
     settings = Settings.from_env(store_url=args.store, base_url=args.base_url,
-                                 insecure_no_auth=True if args.insecure_no_auth else None)
+                                 insecure_no_auth=True if args.insecure_no_auth else None,
+                                 otp_ttl=args.otp_ttl, access_token_ttl=args.access_token_ttl,
+                                 otp_outbox=args.otp_outbox)
     from gunicorn.app.base import BaseApplication
 
     from fhir_server.app import create_app
@@ -170,18 +180,41 @@ def _input_files(path: Path) -> list[Path]:
 
 def reindex(args: argparse.Namespace) -> int:
     from fhir_server.app import create_app
-    from fhir_server.model import jsonio
 
     settings = Settings.from_env(store_url=args.store, insecure_no_auth=True)
     server = create_app(settings).extensions["fhir"]
-    types = args.types or sorted(server.definitions.served)
-    total = 0
-    for rtype in types:
-        count = server.store.reindex(rtype, lambda stored: server.indexer.index(jsonio.loads(stored.body)))
-        print(f"{rtype}: {count} reindexed")
-        total += count
-    print(f"{total} resources reindexed")
+    try:
+        unknown = sorted(set(args.types or ()) - set(server.definitions.served))
+        if unknown:
+            print(f"fhir-server reindex: not served here: {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        run_reindex(server, args.types)
+    finally:
+        server.store.close()
     return 0
+
+
+def run_reindex(server, types: Sequence[str] | None = None, echo=print) -> dict[str, int]:
+    """Rebuild the search index of every current resource of ``types`` (default: every served type).
+
+    The stored custom SearchParameters are loaded first, so existing resources get indexed for
+    them. Each resource is rewritten in its own short store transaction, and one changed by the
+    server meanwhile (already indexed afresh) is skipped: safe to run while the server runs.
+    Returns {type: resources reindexed}.
+    """
+    from fhir_server.model import jsonio
+
+    server.search_parameters.refresh(force=True)
+    custom = server.search_parameters.applied
+    echo(f"{len(custom)} custom search parameter(s)" + (": " + ", ".join(
+        f"{'/'.join(sp['base'])}:{sp['code']}" for sp in custom) if custom else ""))
+    counts: dict[str, int] = {}
+    for rtype in types or sorted(server.definitions.served):
+        server.search_parameters.refresh()  # cheap; picks up parameters written during a long run
+        counts[rtype] = server.store.reindex(rtype, lambda stored: server.indexer.index(jsonio.loads(stored.body)))
+        echo(f"{rtype}: {counts[rtype]} reindexed")
+    echo(f"{sum(counts.values())} resources reindexed")
+    return counts
 
 
 if __name__ == "__main__":

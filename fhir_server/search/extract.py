@@ -44,6 +44,8 @@ on odd data: a value of an unexpected shape is skipped.
 """
 from __future__ import annotations
 
+import copy
+
 import itertools
 import logging
 import math
@@ -494,6 +496,15 @@ class Indexer:
         self._report: dict[str, dict[str, str]] = {}
         for rtype in sorted(defs.served):
             self._plan(rtype)
+
+    def fork(self, registry: SearchParameterRegistry) -> "Indexer":
+        """An indexer for ``registry`` (a copy of this one's) that shares the type model, the compiler
+        and the compiled expressions; its plans are rebuilt only once its registry changes."""
+        clone = copy.copy(self)
+        clone.registry = registry
+        clone._plans = dict(self._plans)
+        clone._report = dict(self._report)
+        return clone
 
     # .. compilation ..
 

@@ -185,7 +185,7 @@ class SearchParameterRegistry:
 
     @property
     def version(self) -> int:
-        """Incremented by every :meth:`add`; indexers compare it to refresh their plans."""
+        """Incremented by every :meth:`add` and :meth:`remove`; indexers compare it to refresh their plans."""
         return self._version
 
     @property
@@ -223,9 +223,8 @@ class SearchParameterRegistry:
 
     def get(self, resource_type: str, code: str) -> SearchParam | None:
         table = self._cache.get(resource_type)
-        if table is None:
-            self.for_type(resource_type)
-            table = self._cache[resource_type]
+        if table is None:  # (the cache may be cleared by a concurrent add/remove: use the table built)
+            return self.for_type(resource_type).get(code)
         return table.get(code)
 
     def by_url(self, url: str) -> SearchParam | None:
@@ -257,3 +256,32 @@ class SearchParameterRegistry:
             self._register(sp)
             self._cache.clear()
             self._version += 1
+
+    def copy(self) -> "SearchParameterRegistry":
+        """An independent registry holding the same parameters (custom ones included), at the same version."""
+        other = SearchParameterRegistry.__new__(SearchParameterRegistry)
+        with self._lock:
+            other.definitions = self.definitions
+            other._lock = threading.Lock()
+            other._version = self._version
+            other._raw = {base: dict(codes) for base, codes in self._raw.items()}
+            other._by_url = dict(self._by_url)
+            other._cache = dict(self._cache)
+        return other
+
+    def remove(self, url: str) -> bool:
+        """Unregister the parameter with that canonical URL (added by :meth:`add`); False when unknown.
+
+        It stops applying to searches and to writes indexed after the call. A parameter it had
+        replaced (same base and code) is not restored: the caller must not replace built-in ones.
+        """
+        with self._lock:
+            found = self._by_url.pop(url, None) is not None
+            for codes in self._raw.values():
+                for code in [c for c, sp in codes.items() if sp.get("url") == url]:
+                    del codes[code]
+                    found = True
+            if found:
+                self._cache.clear()
+                self._version += 1
+            return found

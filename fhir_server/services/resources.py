@@ -7,6 +7,7 @@ results and :class:`FHIRError` to responses.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ from fhir_server.validation.structure import StructureValidator
 
 MAX_RETRIES = 20
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
@@ -40,10 +42,17 @@ class WriteResult:
 
 
 class ResourceService:
-    """Interactions on single resources, for every served type (driven by the registry)."""
+    """Interactions on single resources, for every served type (driven by the registry).
+
+    ``on_write``, when given, is called with every version (deletion markers included) that
+    :meth:`atomic` wrote, after its transaction committed, in write order; a version that a
+    rolled-back attempt wrote is never reported. It must not raise (what it raises is logged:
+    the write stands). Writes made in a transaction not opened by :meth:`atomic` are not reported.
+    """
 
     def __init__(self, definitions: Definitions, store: Store, validator: StructureValidator, indexer: Indexer,
-                 parser: SearchParser, gate: AccessGate, clock: Callable[[], str] = utc_now):
+                 parser: SearchParser, gate: AccessGate, clock: Callable[[], str] = utc_now,
+                 on_write: Callable[[StoredResource], None] | None = None):
         self.definitions = definitions
         self.store = store
         self.validator = validator
@@ -51,6 +60,8 @@ class ResourceService:
         self.parser = parser
         self.gate = gate
         self.clock = clock
+        self.on_write = on_write
+        self._written: dict[int, list[StoredResource]] = {}  # id(open transaction) -> versions it wrote
 
     # -- helpers -----------------------------------------------------------------------------
     def served(self, rtype: str, interaction: str | None = None) -> None:
@@ -94,7 +105,20 @@ class ResourceService:
         stamped = self.stamp(resource, rid, version, now)
         stored = StoredResource(stamped["resourceType"], rid, version, now, False, jsonio.dumps(stamped), method)
         tx.put(stored, self.indexer.index(stamped), expected_version=current.version if current else None)
+        self._wrote(tx, stored)
         return stored
+
+    def _wrote(self, tx: Transaction, stored: StoredResource) -> None:
+        written = self._written.get(id(tx))
+        if written is not None:
+            written.append(stored)
+
+    def _notify(self, written: list[StoredResource]) -> None:
+        for stored in written:
+            try:
+                self.on_write(stored)
+            except Exception:  # the write is committed: a failing hook must not turn it into an error
+                log.exception("on_write hook failed for %s/%s/_history/%s", stored.type, stored.id, stored.version)
 
     @staticmethod
     def check_if_match(current: StoredResource | None, if_match: int | None) -> None:
@@ -147,9 +171,17 @@ class ResourceService:
         recomputed on the new current version, so no acknowledged write is ever lost.
         """
         for _ in range(MAX_RETRIES):
+            written: list[StoredResource] = []
             try:
                 with self.store.transaction() as tx:
-                    return action(tx)
+                    self._written[id(tx)] = written
+                    try:
+                        result = action(tx)
+                    finally:
+                        del self._written[id(tx)]
+                if self.on_write is not None:
+                    self._notify(written)
+                return result
             except (VersionConflict, AlreadyExists):
                 if if_match is not None:
                     raise FHIRError.of(412, "conflict", f"{what} was changed by another request") from None
@@ -275,6 +307,7 @@ class ResourceService:
             return None
         marker = StoredResource(rtype, rid, current.version + 1, self.clock(), True, None, "DELETE")
         tx.put(marker, None, expected_version=current.version)
+        self._wrote(tx, marker)
         return marker
 
     def conditional_delete_in(self, tx: Transaction, principal: Principal, rtype: str, criteria: str) -> int:

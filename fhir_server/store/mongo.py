@@ -160,7 +160,8 @@ class MongoTransaction(Transaction):
         return {"session": self.session} if self.session is not None else {}
 
     def current(self, rtype: str, rid: str) -> StoredResource | None:
-        doc = self.store.resources.find_one({"_id": f"{rtype}/{rid}"}, RESOURCE_PROJECTION, **self._kw)
+        with self.store._atomic():  # mongomock: never see a half-applied update (MongoDB: a no-op)
+            doc = self.store.resources.find_one({"_id": f"{rtype}/{rid}"}, RESOURCE_PROJECTION, **self._kw)
         return _doc_to_resource(doc) if doc else None
 
     def put(self, resource: StoredResource, index: IndexEntries | None, *, expected_version: int | None) -> None:
@@ -320,6 +321,8 @@ class MongoStore(Store):
 
     # -- transactions ------------------------------------------------------------------------------
     def _atomic(self):
+        """A lock around writes (and single-document reads) on mongomock, which is not atomic per
+        document across threads; MongoDB itself is, so this is a no-op there."""
         return self._mock_lock if self._mock_lock is not None else contextlib.nullcontext()
 
     def supports_transactions(self) -> bool:
@@ -380,7 +383,8 @@ class MongoStore(Store):
 
     # -- reads ---------------------------------------------------------------------------------
     def read(self, rtype: str, rid: str) -> StoredResource | None:
-        doc = self.resources.find_one({"_id": f"{rtype}/{rid}"}, RESOURCE_PROJECTION)
+        with self._atomic():  # mongomock applies $set field by field: read under its lock
+            doc = self.resources.find_one({"_id": f"{rtype}/{rid}"}, RESOURCE_PROJECTION)
         return _doc_to_resource(doc) if doc else None
 
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:

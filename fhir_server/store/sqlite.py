@@ -401,14 +401,21 @@ class SQLiteStore(Store):
             last = rows[-1][0]
 
     def reindex(self, rtype: str, index_of) -> int:
-        """Rewrite the index rows of every current resource of ``rtype`` with ``index_of(resource)``."""
+        """Rewrite the index rows of every current resource of ``rtype`` with ``index_of(resource)``.
+
+        One short write transaction per resource, so it can run beside the server; a resource
+        updated or deleted meanwhile already has fresh entries and is skipped (not counted)."""
         done = 0
         for resource in list(self.iterate(rtype)):
+            entries = index_of(resource)
             with self._write() as conn:
-                rpk = conn.execute("SELECT rpk FROM resources WHERE type=? AND id=?",
-                                   (resource.type, resource.id)).fetchone()[0]
+                row = conn.execute("SELECT rpk, version, deleted FROM resources WHERE type=? AND id=?",
+                                   (resource.type, resource.id)).fetchone()
+                if row is None or row[1] != resource.version or row[2]:
+                    continue
+                rpk = row[0]
                 for table in INDEX_TABLES:
                     conn.execute(f"DELETE FROM {table} WHERE rpk=?", (rpk,))
-                write_index(conn, rpk, resource.type, index_of(resource))
+                write_index(conn, rpk, resource.type, entries)
             done += 1
         return done
