@@ -476,6 +476,10 @@ _BUCKETS = {"token": "tokens", "string": "strings", "date": "dates", "number": "
             "quantity": "quantities", "reference": "references", "uri": "uris"}
 
 
+# Parameters every store answers from the resource's own id and lastUpdated, never from index entries.
+RESOURCE_COLUMNS = frozenset({"_id", "_lastUpdated"})
+
+
 class Indexer:
     """Turns resources into :class:`IndexEntries`, from the registry's search parameters."""
 
@@ -540,6 +544,9 @@ class Indexer:
         plan: list = []
         report: dict[str, str] = {}
         for code, param in sorted(self.registry.for_type(rtype).items()):
+            if code in RESOURCE_COLUMNS:
+                report[code] = "skipped: stores search it on the resource itself"
+                continue
             if param.type == "special":
                 report[code] = "skipped: special"
                 continue

@@ -149,6 +149,8 @@ class MongoCompiler:
             return {"id": {"$nin" if clause.modifier == "not" else "$in": ids}}
         if clause.param == "_lastUpdated" and clause.missing is None:
             return any_of([range_filter(v.prefix, "lu", "lu", v.low, v.high) for v in clause.values])
+        if clause.param in ("_id", "_lastUpdated"):  # every resource has both
+            return NOTHING if clause.missing else {}
         field = FIELD_OF[clause.type]
         if clause.missing is not None:
             return {f"{field}.p": {"$ne": clause.param}} if clause.missing else {f"{field}.p": clause.param}

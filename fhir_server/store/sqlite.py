@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS idx_reference (
     url TEXT, version TEXT);
 CREATE INDEX IF NOT EXISTS idx_reference_target ON idx_reference (type, param, target_id, target_type, rpk);
 CREATE INDEX IF NOT EXISTS idx_reference_reverse ON idx_reference (target_type, target_id, param, rpk);
-CREATE INDEX IF NOT EXISTS idx_reference_url ON idx_reference (type, param, url, rpk);
+CREATE INDEX IF NOT EXISTS idx_reference_url ON idx_reference (type, param, url, rpk) WHERE url IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_reference_rpk ON idx_reference (rpk);
 CREATE TABLE IF NOT EXISTS idx_uri (
     rpk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, uri TEXT NOT NULL);

@@ -1,8 +1,9 @@
 """Compile a parsed :class:`~fhir_server.search.query.Query` into SQL over the SQLite index tables.
 
-Each clause becomes ``r.rpk IN (SELECT rpk FROM idx_<kind> WHERE ...)``, so SQLite
-drives the query from the composite index of the most useful table; chains and
-``_has`` nest the same shape instead of joining in Python.
+The most selective clause becomes ``r.rpk IN (SELECT rpk FROM idx_<kind> WHERE ...)``, so
+SQLite drives the query from the composite index of that table; the other clauses are
+correlated ``EXISTS`` probes on the candidate's own index rows. Chains and ``_has`` nest
+the same shape instead of joining in Python.
 """
 from __future__ import annotations
 
@@ -108,6 +109,45 @@ COMPOSITE_COLUMNS = ("v_low", "v_high", "v_system", "v_code", ("v_ccode", "v_clo
 CANONICAL_EPSILON = 1e-9  # relative: unit conversions are float products, equal values may differ by an ulp
 
 
+def is_id_clause(clause: Any) -> bool:
+    return isinstance(clause, Clause) and clause.param == "_id" and clause.missing is None \
+        and clause.modifier != "not"
+
+
+def is_plain(clause: Any) -> bool:
+    """A positive clause on one index table (no chain, no :missing, no negation, not on resource columns)."""
+    return (isinstance(clause, Clause) and clause.chain is None and clause.missing is None
+            and clause.modifier not in ("not", "not-in") and clause.param != "_lastUpdated" and bool(clause.values))
+
+
+def _rank(clause: Any) -> int | None:
+    """How well a clause drives a query (lower is more selective); None: it cannot drive."""
+    if is_id_clause(clause):
+        return 0
+    if isinstance(clause, AnyOf):
+        return 1 if clause.clauses and all(isinstance(c, Clause) and is_plain(c) and c.type == "reference"
+                                           for c in clause.clauses) else None
+    if isinstance(clause, HasClause):
+        return 3  # an uncorrelated subquery driven by its own inner query, whatever its rank
+    if isinstance(clause, Clause) and clause.chain is not None:
+        return 1  # a chain usually names one target (subject:Patient.identifier=...)
+    if not is_plain(clause):
+        return None
+    if clause.type == "reference":
+        return 1
+    if clause.type == "token" and clause.modifier != "text":
+        return 2
+    if clause.type == "string":
+        return 4 if clause.modifier != "contains" else 6
+    return 5
+
+
+def choose_driver(clauses: list) -> Any:
+    """The clause whose index lookup should produce the candidates; the others only check them."""
+    ranked = [(rank, i) for i, c in enumerate(clauses) if (rank := _rank(c)) is not None]
+    return clauses[min(ranked)[1]] if ranked else None
+
+
 class SQLCompiler:
     """Turns queries into (sql, args) pairs. Stateless; one per store."""
 
@@ -137,35 +177,52 @@ class SQLCompiler:
         return f"SELECT r.type, r.id FROM resources r WHERE {where}", args
 
     def count(self, query: Query) -> tuple[str, list]:
+        if query.types and len(query.clauses) == 1 and is_plain(query.clauses[0]) \
+                and not is_id_clause(query.clauses[0]):
+            # index rows exist only for current, non-deleted versions: count them without the join
+            clause, args = query.clauses[0], []
+            head = f"SELECT count(DISTINCT rpk) FROM {TABLE_OF[clause.type]} WHERE " \
+                + self._type_filter(query.types, "type", args) + "param = ?"
+            args.append(clause.param)
+            return f"{head} AND ({self.values_condition(clause, args)})", args
         where, args = self.where(query, "r")
         return f"SELECT count(*) FROM resources r WHERE {where}", args
 
     # -- WHERE ------------------------------------------------------------------------------
     def where(self, query: Query, alias: str, depth: int = 0) -> tuple[str, list]:
-        parts, args = [f"{alias}.deleted = 0"], []
+        """The WHERE of a query: one clause drives (an ``IN`` list from its index), the others are probes.
+
+        A query costs what its driving clause costs: the most selective kind of clause (ids,
+        references, exact codes...) is compiled as ``rpk IN (SELECT rpk FROM idx_...)``, and every
+        other clause as a correlated ``EXISTS`` probe on the candidate's own index rows, so an
+        unselective clause (a date range, a common code) never builds its whole match list.
+        """
+        parts, args = [f"+{alias}.deleted = 0"], []  # + : never let the (type, deleted) index win over (type, id)
+        driver = choose_driver(query.clauses)
         if query.types:
-            # with clauses, the type test must not drive the query (a scan of the whole type): the
-            # unary + keeps it off the type index, so SQLite starts from the clauses' IN lists of rpk
-            column = f"+{alias}.type" if query.clauses else f"{alias}.type"
+            # when an rpk list drives, the type test must not (a scan of the whole type): the unary
+            # + keeps it off the type index; an _id driver uses the (type, id) index itself
+            by_type = driver is None or is_id_clause(driver)
+            column = f"{alias}.type" if by_type else f"+{alias}.type"
             parts.append(f"{column} IN ({','.join('?' * len(query.types))})")
             args += list(query.types)
         for clause in query.clauses:
-            sql, cargs = self.any_clause(clause, query, alias, depth)
+            sql, cargs = self.any_clause(clause, query, alias, depth, probe=clause is not driver)
             parts.append(sql)
             args += cargs
         return " AND ".join(parts), args
 
-    def any_clause(self, clause: Any, query: Query, alias: str, depth: int) -> tuple[str, list]:
+    def any_clause(self, clause: Any, query: Query, alias: str, depth: int, probe: bool = False) -> tuple[str, list]:
         if isinstance(clause, HasClause):
             return self.has(clause, query, alias, depth)
         if isinstance(clause, AnyOf):
             parts, args = [], []
             for sub in clause.clauses:
-                sql, sargs = self.any_clause(sub, query, alias, depth)
+                sql, sargs = self.any_clause(sub, query, alias, depth, probe)
                 parts.append(sql)
                 args += sargs
             return "(" + " OR ".join(parts) + ")", args
-        return self.clause(clause, query.types, alias, depth)
+        return self.clause(clause, query.types, alias, depth, probe)
 
     def _type_filter(self, types: tuple[str, ...], column: str, args: list) -> str:
         if not types:
@@ -175,7 +232,8 @@ class SQLCompiler:
             return f"{column} = ? AND "
         return f"{column} IN ({','.join('?' * len(types))}) AND "
 
-    def clause(self, clause: Clause, types: tuple[str, ...], alias: str, depth: int) -> tuple[str, list]:
+    def clause(self, clause: Clause, types: tuple[str, ...], alias: str, depth: int,
+               probe: bool = False) -> tuple[str, list]:
         if clause.param == "_id" and clause.missing is None:
             ids = [v.code for v in clause.values]
             negate = "NOT " if clause.modifier == "not" else ""
@@ -185,20 +243,31 @@ class SQLCompiler:
             ors = [range_condition(v.prefix, f"{alias}.lu", f"{alias}.lu", v.low, v.high, args)
                    for v in clause.values]
             return "(" + " OR ".join(ors) + ")", args
-        table = TABLE_OF[clause.type]
-        args = []
-        head = f"SELECT rpk FROM {table} WHERE " + self._type_filter(types, "type", args) + "param = ?"
-        args.append(clause.param)
-        if clause.missing is not None:
-            return f"{alias}.rpk {'NOT ' if clause.missing else ''}IN ({head})", args
+        if clause.param in ("_id", "_lastUpdated"):  # :missing on what every resource has
+            return ("0" if clause.missing else "1"), []
         if clause.chain is not None:
-            return self.chain(clause, types, alias, depth)
+            return self.chain(clause, types, alias, depth, probe)
+        table = TABLE_OF[clause.type]
+        if clause.missing is not None:  # a probe whatever its rank: "has no row for this parameter"
+            return (f"{'NOT ' if clause.missing else ''}EXISTS (SELECT 1 FROM {table} m WHERE m.rpk = {alias}.rpk"
+                    f" AND m.param = ?)"), [clause.param]
+        negate = clause.modifier in ("not", "not-in")
+        args = []
+        condition = self.values_condition(clause, args)
+        if probe or negate:
+            return (f"{'NOT ' if negate else ''}EXISTS (SELECT 1 FROM {table} p WHERE p.rpk = {alias}.rpk"
+                    f" AND p.param = ? AND ({condition}))"), [clause.param, *args]
+        head_args: list = []
+        head = f"SELECT rpk FROM {table} WHERE " + self._type_filter(types, "type", head_args) + "param = ?"
+        return f"{alias}.rpk IN ({head} AND ({condition}))", [*head_args, clause.param, *args]
+
+    def values_condition(self, clause: Clause, args: list) -> str:
+        """The OR of a clause's values over the columns of its index table."""
         if clause.values and clause.modifier != "text" and all(isinstance(v, TokenValue) for v in clause.values):
             ors = self.tokens(clause.values, "system", "code", args)
         else:
             ors = [self.value(clause, value, args) for value in clause.values]
-        negate = clause.modifier in ("not", "not-in")
-        return f"{alias}.rpk {'NOT ' if negate else ''}IN ({head} AND ({' OR '.join(ors or ['0'])}))", args
+        return " OR ".join(ors or ["0"])
 
     def value(self, clause: Clause, value: Any, args: list) -> str:
         mod = clause.modifier
@@ -338,12 +407,16 @@ class SQLCompiler:
             sql += " AND " + self.reference(second, "v_system", "v_code", "v_text", args)
         return f"({sql})"
 
-    def chain(self, clause: Clause, types: tuple[str, ...], alias: str, depth: int) -> tuple[str, list]:
+    def chain(self, clause: Clause, types: tuple[str, ...], alias: str, depth: int,
+              probe: bool = False) -> tuple[str, list]:
         chain: Chain = clause.chain
         inner, ref = f"c{depth}", f"cr{depth}"
         args: list = []
-        head = (f"SELECT {ref}.rpk FROM idx_reference {ref} WHERE " + self._type_filter(types, f"{ref}.type", args)
-                + f"{ref}.param = ? AND (")
+        if probe:
+            head = f"EXISTS (SELECT 1 FROM idx_reference {ref} WHERE {ref}.rpk = {alias}.rpk AND {ref}.param = ? AND ("
+        else:
+            head = (f"{alias}.rpk IN (SELECT {ref}.rpk FROM idx_reference {ref} WHERE "
+                    + self._type_filter(types, f"{ref}.type", args) + f"{ref}.param = ? AND (")
         args.append(clause.param)
         ors = []
         for target in chain.target_types:
@@ -352,7 +425,7 @@ class SQLCompiler:
             ors.append(f"({ref}.target_type = ? AND {ref}.target_id IN (SELECT {inner}.id FROM resources {inner}"
                        f" WHERE {where}))")
             args += [target, *wargs]
-        return f"{alias}.rpk IN ({head}{' OR '.join(ors)}))", args
+        return f"{head}{' OR '.join(ors)}))", args
 
     def has(self, clause: HasClause, outer: Query, alias: str, depth: int) -> tuple[str, list]:
         """``_has``: the resources some matching ``source_type`` resource refers to, by an uncorrelated
