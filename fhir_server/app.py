@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from flask import Flask
 
-from fhir_server.access.gate import AccessGate, ClosedGate, OpenGate
+from fhir_server.access.gate import AccessGate, OpenGate
 from fhir_server.definitions import Definitions
 from fhir_server.http.rendering import Renderer
 from fhir_server.search.extract import Indexer
@@ -20,7 +20,10 @@ from fhir_server.services.search import SearchService
 from fhir_server.services.search_parameters import SearchParameterService
 from fhir_server.settings import Settings
 from fhir_server.store import Store, open_store
+from fhir_server.validation.enforcement import ProfileEnforcer
+from fhir_server.validation.profiles import ProfileRegistry
 from fhir_server.validation.structure import StructureValidator
+from fhir_server.validation.validator import Validator
 
 
 @dataclass
@@ -32,12 +35,14 @@ class Engine:
     registry: SearchParameterRegistry
     indexer: Indexer
     renderer: Renderer
+    profiles: Validator | None = None  # base R4 and profile validation (profiles/); also ``validator``
 
     @classmethod
     def build(cls, definitions: Definitions | None = None) -> "Engine":
         definitions = definitions or Definitions()
         registry = SearchParameterRegistry(definitions)
-        return cls(definitions, StructureValidator(definitions), registry, Indexer(registry), Renderer(definitions))
+        validator = Validator(ProfileRegistry(definitions))
+        return cls(definitions, validator, registry, Indexer(registry), Renderer(definitions), validator)
 
 
 @dataclass
@@ -65,8 +70,12 @@ class FHIRServer:
         self.engine = engine = self.search_parameters.engine
         served = frozenset(engine.definitions.served)
         self.parser = SearchParser(engine.registry, served, self.settings.base_url or "")
+        self.gate.attach(self)  # the SMART gate parses granular scopes and reads the compartment definitions
+        profiles = (ProfileEnforcer(engine.profiles, engine.definitions, self.settings.profile_mode)
+                    if engine.profiles is not None else None)
         self.resources = ResourceService(engine.definitions, self.store, engine.validator, engine.indexer,
-                                         self.parser, self.gate, on_write=self.search_parameters.on_write)
+                                         self.parser, self.gate, on_write=self.search_parameters.on_write,
+                                         profiles=profiles)
         self.search = SearchService(self.store, self.parser, engine.indexer, self.gate, served)
         self.operations = OperationService(engine.definitions, self.store, self.resources, self.search,
                                            engine.validator, engine.indexer, self.gate)
@@ -105,11 +114,17 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
                engine: Engine | None = None) -> Flask:
     """Build the Flask application. Tests pass their own store, gate and engine; ``serve`` passes settings."""
     settings = settings or Settings.from_env()
-    if gate is None:
-        gate = OpenGate() if settings.insecure_no_auth else ClosedGate()
+    store = store or open_store(settings.store_url)
+    if gate is None and settings.insecure_no_auth:
+        gate = OpenGate()
+    elif gate is None:  # SMART access tokens of the in-process authorization server (auth/), ADR 0005
+        from auth import token_authority
+        from fhir_server.access.smart import build_gate
+        gate = build_gate(settings, lambda: token_authority(store).jwks(),
+                          lambda jti: token_authority(store).is_revoked(jti))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    server = FHIRServer(settings, engine or Engine.build(), store or open_store(settings.store_url), gate)
+    server = FHIRServer(settings, engine or Engine.build(), store, gate)
     app.extensions["fhir"] = server
 
     from fhir_server.http import errors

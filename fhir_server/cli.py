@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--base-url", help="public base URL of the API, e.g. https://host/fhir")
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="serve without authentication (development only; loopback hosts only)")
+    serve.add_argument("--profile-mode", choices=("enforce", "warn"),
+                       help="a write that misses its type's or its claimed profiles: enforce refuses it (422), warn "
+                            "stores it and returns warnings (default $FHIR_SERVER_PROFILE_MODE or warn)")
     serve.add_argument("--otp-ttl", type=int, help="seconds a one-time login code stays valid (default 300)")
     serve.add_argument("--access-token-ttl", type=int, help="seconds an access token stays valid (default 3600)")
     serve.add_argument("--otp-outbox", metavar="DIR",
@@ -47,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="continue an interrupted load of the same files (progress kept in --state)")
     load.add_argument("--state", default="var/load-state.json", help="progress file for --resume")
 
+    from fhir_server.validation.cli import add_parser as add_validate_parser
+    add_validate_parser(sub)
+
     reindex = sub.add_parser("reindex", help="rebuild the search index of stored resources")
     reindex.add_argument("--store")
     reindex.add_argument("--type", action="append", dest="types", help="only these types (repeatable)")
@@ -59,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from auth.cli import COMMANDS as AUTH_COMMANDS
-    return {"serve": serve, "load": load, "reindex": reindex, **AUTH_COMMANDS}[args.command](args)
+    from fhir_server.validation.cli import run as validate
+    return {"serve": serve, "load": load, "reindex": reindex, "validate": validate,
+            **AUTH_COMMANDS}[args.command](args)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -69,6 +77,7 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     settings = Settings.from_env(store_url=args.store, base_url=args.base_url,
                                  insecure_no_auth=True if args.insecure_no_auth else None,
+                                 profile_mode=args.profile_mode,
                                  otp_ttl=args.otp_ttl, access_token_ttl=args.access_token_ttl,
                                  otp_outbox=args.otp_outbox)
     from gunicorn.app.base import BaseApplication

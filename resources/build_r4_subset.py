@@ -9,6 +9,12 @@ Run it after changing the served types in ``resources/registry/``::
 PATH_TO_PACKAGE defaults to ``../shared/fhir-r4/package`` beside the repository.
 The output is deterministic (sorted keys, stable order) so a rerun without
 changes leaves git clean.
+
+Besides the served types, ``conformance.json.gz`` (the "conformance pack", read by the
+profile validator only) holds, trimmed the same way: the other R4 resource types (so
+that ``fhir-server validate`` and Bundles can check any R4 type), every core extension
+definition and core profile (vital signs...), and the expansions of the value sets
+bound by them and of the extensible/preferred bindings of everything above.
 """
 from __future__ import annotations
 
@@ -33,6 +39,12 @@ CONSTRAINT_KEYS = ("key", "severity", "human", "expression", "source")
 SEARCH_KEYS = ("resourceType", "id", "url", "name", "code", "base", "type", "description",
                "expression", "target", "multipleOr", "multipleAnd", "comparator", "modifier",
                "chain", "component", "xpathUsage")
+
+
+PACK = "conformance.json.gz"
+PACK_STRUCTURE_KEYS = ("resourceType", "id", "url", "version", "name", "kind", "abstract", "type",
+                       "baseDefinition", "derivation", "context")
+STRUCTURAL_CONSTRAINTS = ("ele-1", "ext-1")  # checked by the walk itself, never by the FHIRPath engine
 
 
 def served_types() -> list[str]:
@@ -74,6 +86,60 @@ def structure_files(package: Path, types: list[str]) -> dict[str, dict]:
                 or (sd["kind"] == "resource" and sd.get("derivation") != "constraint" and sd["id"] in types)):
             wanted[sd["id"]] = trim_structure(sd)
     return wanted
+
+
+def trim_pack_element(element: dict) -> dict:
+    out = trim_element(element)
+    for key in ("isSummary", "isModifier"):
+        out.pop(key, None)
+    if "slicing" in element:
+        out["slicing"] = {k: element["slicing"][k] for k in ("discriminator", "rules", "ordered")
+                          if k in element["slicing"]}
+    if "constraint" in out:
+        kept = [{k: v for k, v in c.items() if k != "source"} for c in out["constraint"]
+                if c.get("severity") == "error" and c.get("key") not in STRUCTURAL_CONSTRAINTS]
+        if kept:
+            out["constraint"] = kept
+        else:
+            del out["constraint"]
+    return out
+
+
+def pack_structures(package: Path, have: dict[str, dict]) -> list[dict]:
+    """Resource types not in the subset, core extensions and core profiles (not logical models)."""
+    out = []
+    for path in sorted(package.glob("StructureDefinition-*.json")):
+        sd = json.loads(path.read_text(encoding="utf-8"))
+        if sd["id"] in have or "snapshot" not in sd or sd["kind"] == "logical":
+            continue
+        if sd["kind"] == "resource" or sd.get("derivation") == "constraint":
+            trimmed = {k: sd[k] for k in PACK_STRUCTURE_KEYS if k in sd}
+            trimmed["snapshot"] = {"element": [trim_pack_element(e) for e in sd["snapshot"]["element"]]}
+            out.append(trimmed)
+    return out
+
+
+def pack_expansions(structures: list[dict], terminology: "Terminology", known: dict) -> dict:
+    """Expansions of the pack's required bindings and of every extensible/preferred binding."""
+    urls = set()
+    for sd in structures:
+        for element in sd["snapshot"]["element"]:
+            binding = element.get("binding") or {}
+            if binding.get("valueSet") and binding.get("strength") in ("required", "extensible", "preferred"):
+                urls.add(binding["valueSet"].split("|")[0])
+    out = {}
+    for url in sorted(urls - set(known)):
+        codes, reason = terminology.expand(url)
+        out[url] = {"codes": codes} if codes is not None else {"notExpandable": reason}
+    return out
+
+
+def write_pack(path: Path, data: dict) -> None:
+    """gzip with a fixed mtime: the same input gives the same bytes."""
+    import gzip
+    raw = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    with open(path, "wb") as handle, gzip.GzipFile(filename="", mode="wb", fileobj=handle, mtime=0) as gz:
+        gz.write(raw)
 
 
 def search_parameters(package: Path, types: list[str]) -> dict:
@@ -187,10 +253,16 @@ def main(argv: list[str]) -> int:
     for sid, sd in structures.items():
         write(OUT / "structure" / f"{sid}.json", sd)
     write(OUT / "search-parameters.json", search_parameters(package, types))
-    write(OUT / "valuesets-required.json", required_value_sets(structures, Terminology(package)))
+    terminology = Terminology(package)
+    required = required_value_sets(structures, terminology)
+    write(OUT / "valuesets-required.json", required)
+    pack = pack_structures(package, structures)
+    expansions = pack_expansions(list(structures.values()) + pack, terminology, required)
+    write_pack(OUT / PACK, {"structures": pack, "expansions": expansions})
     write(OUT / "CompartmentDefinition-patient.json", load(package, "CompartmentDefinition-patient.json"))
     print(f"wrote {len(structures)} StructureDefinitions and the search parameters, required value sets "
-          f"and patient compartment to {OUT}")
+          f"and patient compartment to {OUT}; {PACK}: {len(pack)} more StructureDefinitions, "
+          f"{len(expansions)} value set expansions")
     return 0
 
 

@@ -1,18 +1,22 @@
 """The access gate every interaction passes through (see docs/adr/0003-access-gate.md).
 
 Services ask the gate twice: ``authorize`` before touching the store (may this
-principal perform this interaction on this type/instance?) and ``constrain``
-while building a search, so that the principal's limits become clauses of the
-query itself and paging, counts and includes obey them. Until the SMART issue
-lands there are two gates: :class:`OpenGate` for ``--insecure-no-auth`` on
-loopback, and :class:`ClosedGate`, the default, which refuses every record access.
+principal perform this interaction on this type/instance?) and ``constrain`` /
+``limits`` while building a query, so that the principal's limits become clauses of
+the query itself and paging, counts, includes, chains and ``_has`` obey them
+(:meth:`AccessGate.constrained`); reads and writes check membership of one resource
+with the same clauses. Gates: :class:`fhir_server.access.smart.SmartGate` (SMART on FHIR
+access tokens, the default), :class:`OpenGate` for ``--insecure-no-auth`` on loopback,
+and :class:`ClosedGate`, which refuses every record access.
 """
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable
 
 from fhir_server.model.outcome import FHIRError
+from fhir_server.search.query import AnyOf, Chain, Clause, HasClause, Query, TokenValue
 
 
 @dataclass(frozen=True)
@@ -23,12 +27,26 @@ class Principal:
     scopes: frozenset[str] = field(default_factory=frozenset)
     patient: str | None = None
     authenticated: bool = False
+    fhir_user: str | None = None  # Patient/x, Practitioner/x, RelatedPerson/x
+    client_id: str | None = None
+    role: str | None = None  # patient | practitioner | related-person | admin | system
+
+
+def id_clause(ids: Iterable[str]) -> Clause:
+    """``_id`` = any of ``ids``."""
+    return Clause("_id", "token", None, tuple(TokenValue(None, i, False) for i in ids))
+
+
+NOTHING = id_clause(())  # a clause no resource matches
 
 
 ANONYMOUS = Principal("anonymous")
 
 
 class AccessGate(abc.ABC):
+    def attach(self, server: Any) -> None:
+        """Called once by the FHIRServer being built on this gate (definitions, search parser)."""
+
     @abc.abstractmethod
     def principal(self, authorization: str | None) -> Principal:
         """The principal named by the request's Authorization header (raises 401 when required)."""
@@ -41,6 +59,65 @@ class AccessGate(abc.ABC):
     def constrain(self, principal: Principal, rtype: str | None) -> list:
         """Extra search clauses that limit what the principal can find; none by default."""
         return []
+
+    def limits(self, principal: Principal, rtype: str | None, interaction: str = "search") -> list:
+        """Extra search clauses (ANDed) limiting the resources of ``rtype`` the principal can reach with
+        ``interaction`` (``search``, ``read``, ``update``...): what reads and writes check membership
+        with. By default those of :meth:`constrain` for the interactions that find or read resources,
+        none for writes (``constrain`` limits what the principal can *find*)."""
+        if interaction in ("create", "update", "patch", "delete"):
+            return []
+        return self.constrain(principal, rtype)
+
+    def constrained(self, principal: Principal, query: Query, served: Iterable[str] = (),
+                    interaction: str = "search") -> Query:
+        """``query`` with the principal's constraints: those of its types (``served`` when it names none)
+        for ``interaction``, and, recursively, those of the types that chains and ``_has`` search
+        (which the principal must be allowed to search: 403 otherwise). A chain to several target
+        types limited differently becomes one chain per target type. Several top-level types limited
+        differently cannot be expressed by one query (clauses are not typed): 403, search them one
+        at a time."""
+        served = tuple(sorted(served))
+        inner = [self._constrain_clause(principal, c, served) for c in query.clauses]
+        types = query.types or served
+        extra = self.limits(principal, types[0] if types else None, interaction)
+        for rtype in types[1:]:
+            if self.limits(principal, rtype, interaction) != extra:
+                raise FHIRError.of(403, "forbidden", "This access token limits the resource types of this "
+                                   "search differently; search them one type at a time")
+        if not extra and all(a is b for a, b in zip(inner, query.clauses)):
+            return query
+        return Query(types=query.types, clauses=[*inner, *extra], sort=query.sort)
+
+    def _constrain_clause(self, principal: Principal, clause: Any, served: tuple[str, ...]) -> Any:
+        if isinstance(clause, AnyOf):
+            subs = tuple(self._constrain_clause(principal, c, served) for c in clause.clauses)
+            return clause if all(a is b for a, b in zip(subs, clause.clauses)) else AnyOf(subs)
+        if isinstance(clause, HasClause):
+            self.authorize(principal, "search", clause.source_type, None)
+            inner = self.constrained(principal, clause.query, served)
+            return clause if inner is clause.query else HasClause(clause.source_type, clause.reference_param, inner)
+        if isinstance(clause, Clause) and clause.chain is not None:
+            chain = clause.chain
+            targets = []  # the target types the principal may search; a chain to none of them is refused
+            for rtype in chain.target_types:
+                try:
+                    self.authorize(principal, "search", rtype, None)
+                    targets.append(rtype)
+                except FHIRError:
+                    if rtype == chain.target_types[-1] and not targets:
+                        raise
+            limits = [self.constrain(principal, t) for t in targets]
+            if len(targets) == len(chain.target_types) and all(limit == limits[0] for limit in limits):
+                inner = self.constrained(principal, chain.query, served)
+                return clause if inner is chain.query else replace(clause, chain=Chain(chain.target_types, inner))
+            if all(limit == limits[0] for limit in limits):
+                query = Query(types=tuple(targets), clauses=list(chain.query.clauses))
+                return replace(clause, chain=Chain(tuple(targets), self.constrained(principal, query, served)))
+            return AnyOf(tuple(
+                replace(clause, chain=Chain((t,), self.constrained(principal, Query(types=(t,), clauses=list(
+                    chain.query.clauses)), served))) for t in targets))
+        return clause
 
 
 class OpenGate(AccessGate):

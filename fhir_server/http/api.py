@@ -193,7 +193,12 @@ def search_compartment(rid: str, rtype: str) -> Response:
     links = fhir().definitions.patient_compartment.get(rtype)
     if not links:
         raise FHIRError.of(404, "not-found", f"{rtype} is not in the Patient compartment")
-    fhir().resources.read(g.principal, "Patient", rid)  # 404/410 for an unknown patient
+    try:
+        fhir().resources.read(g.principal, "Patient", rid)  # 404/410 for an unknown patient (or one out of reach)
+    except FHIRError as exc:
+        if exc.status != 403:
+            raise
+        # a token that may search the type but not read Patient: no existence check (the search is constrained)
     return _search((rtype,), list(request.args.items(multi=True)), compartment=("Patient", rid, tuple(links)))
 
 

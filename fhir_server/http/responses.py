@@ -20,6 +20,8 @@ class TypeConverter(BaseConverter):
 
 
 PUBLIC_ENDPOINTS = {"fhir.metadata"}
+# the SMART authorization server's pages, OAuth endpoints and discovery documents answer for themselves
+NON_FHIR_BLUEPRINTS = {"smart_auth", "smart_discovery"}
 
 
 def fhir() -> Any:
@@ -34,6 +36,8 @@ def base_url() -> str:
 
 def before_request() -> None:
     """Negotiate the response format and identify the principal, once per request."""
+    if request.blueprint in NON_FHIR_BLUEPRINTS:
+        return
     g.mime = response_type(request)
     if request.endpoint not in PUBLIC_ENDPOINTS:
         g.principal = fhir().gate.principal(request.headers.get("Authorization"))

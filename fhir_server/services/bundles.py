@@ -375,7 +375,8 @@ class BundleService:
             self._check_ids(entry)
             if entry.rtype:
                 self.resources.served(entry.rtype, "history-instance" if entry.rid else "history-type")
-            self.gate.authorize(principal, "history", entry.rtype, None)
+            self.gate.authorize(principal, "history-instance" if entry.rid else "history-type" if entry.rtype
+                                else "history-system", entry.rtype, None)
             entry.op = "history"
             entry.history = self._history_args(entry, params)
             entry.search_path = prefix + "/" + "/".join(segments)
@@ -645,8 +646,9 @@ class _Unit:
             return criteria
         return urlencode([(k, self.mapping.get(v, v)) for k, v in params])
 
-    def _matches(self, rtype: str, criteria: str) -> list[tuple[str, str]]:
-        return self.tx.search(self.s.parser.criteria(rtype, criteria))
+    def _matches(self, rtype: str, criteria: str, interaction: str = "search") -> list[tuple[str, str]]:
+        """The matches of conditional criteria among what the principal may reach with ``interaction``."""
+        return self.s.resources.matches(self.tx, self.principal, rtype, criteria, interaction)
 
     # -- the steps -------------------------------------------------------------------------------
     def _delete(self, entry: Entry) -> None:
@@ -660,7 +662,7 @@ class _Unit:
             return
         resources.served(entry.rtype, "delete")
         criteria = self._criteria(entry.criteria)
-        matches = self._matches(entry.rtype, criteria)
+        matches = self._matches(entry.rtype, criteria, "delete")
         if len(matches) > 1:
             raise FHIRError.of(412, "multiple-matches", f"The criteria '{criteria}' match {len(matches)} "
                                "resources; conditional delete removes one resource at a time here")
@@ -674,7 +676,8 @@ class _Unit:
         """Which resource a conditional create/update/patch lands on, so its fullUrl can be mapped."""
         criteria = self._criteria(entry.if_none_exist if entry.op == "create" else entry.criteria)
         self.criteria[entry.index] = criteria
-        matches = self._matches(entry.rtype, criteria)
+        matches = self._matches(entry.rtype, criteria, {"create": "create", "cond-update": "update"}.get(entry.op,
+                                                                                                         "patch"))
         if len(matches) > 1:
             raise FHIRError.of(412, "multiple-matches", f"The criteria '{criteria}' match {len(matches)} "
                                "resources; be more selective")
@@ -790,7 +793,7 @@ class _Unit:
         if entry.op in ("cond-update", "cond-patch"):
             # the criteria were resolved before the creates; they must still designate the same resource
             criteria = self.criteria[entry.index]
-            matches = self._matches(rtype, criteria)
+            matches = self._matches(rtype, criteria, "update" if entry.op == "cond-update" else "patch")
             if [m[1] for m in matches] not in ([planned], []) or (not matches and entry.op == "cond-patch"):
                 raise FHIRError.of(409, "conflict", f"The criteria '{criteria}' now match "
                                    f"{len(matches)} resource(s), after the other entries of this Bundle")
@@ -811,6 +814,10 @@ class _Unit:
     def _check_read(self, entry: Entry) -> None:
         """A read in a transaction must succeed with the writes, or nothing is committed."""
         current = self.tx.current(entry.rtype, entry.rid)
+        if current is not None and self.s.gate.limits(self.principal, entry.rtype, entry.op) and (
+                current.deleted or not self.s.resources.visible(self.principal, entry.op, entry.rtype, entry.rid,
+                                                                self.tx)):
+            current = None  # out of reach: the same answer as an unknown id
         if current is None or (entry.vid is not None and (not entry.vid.isdigit()
                                                           or int(entry.vid) > current.version)):
             raise FHIRError.of(404, "not-found", f"{entry.rtype}/{entry.rid}"

@@ -160,8 +160,10 @@ class OperationService:
         mode=create: the type allows create; mode=update: the resource has an id equal to
         the URL id, the type allows update and the resource exists (not deleted);
         mode=delete: the type allows delete and the resource exists (no record rules
-        yet). Each profile asked for is answered with an error issue: there is no profile
-        engine yet, so no profile is known and none is silently ignored.
+        yet). Profiles: those asked for (an unknown one is an error), those the registry
+        requires for the type and those the resource claims in ``meta.profile``, the latter
+        two as a write would see them (errors in enforce mode, warnings in warn mode);
+        see :mod:`fhir_server.validation.enforcement`.
         """
         self.resources.served(rtype)
         resource, mode, profiles = self._validate_request(rtype, body, mode, profiles)
@@ -188,9 +190,13 @@ class OperationService:
             if rid is not None and "id" in resource and resource["id"] != rid:
                 issues.append(Issue("error", "invalid", f"The resource id '{resource['id']}' does not match the "
                                     f"URL id '{rid}'", f"{rtype}.id"))
-        for profile in profiles:
-            issues.append(Issue("error", "not-supported", f"Profile '{profile}' is not known to this server: "
-                                "validation against profiles is not supported yet", "profile"))
+        enforcer = getattr(self.resources, "profiles", None)
+        if resource is not None and enforcer is not None:
+            issues += enforcer.report(resource, rtype, issues, explicit=profiles)
+        else:
+            for profile in profiles:
+                issues.append(Issue("error", "not-supported", f"Profile '{profile}' is not known to this server: "
+                                    "validation against profiles is not supported yet", "profile"))
         if mode is not None:
             issues += self._mode_checks(principal, rtype, rid, resource, mode)
         if not any(i.severity in ("error", "fatal") for i in issues) and issues:
@@ -257,6 +263,11 @@ class OperationService:
             return issues + [Issue("error", i.code, i.diagnostics, i.expression) for i in refused.issues]
         if mode in ("update", "delete") and isinstance(target, str):
             current = self.store.read(rtype, target)
+            if current is not None and not current.deleted and not self.resources.visible(principal, mode, rtype,
+                                                                                          target):
+                current = None  # out of the principal's reach: reported like an unknown id
+            elif current is not None and current.deleted and self.gate.limits(principal, rtype, mode):
+                current = None
             if current is None:
                 issues.append(Issue("error", "not-found", f"{rtype}/{target} does not exist: there is nothing "
                                     f"to {mode}"))
@@ -339,7 +350,8 @@ class OperationService:
         def action(tx: Transaction) -> StoredResource:
             self.gate.authorize(principal, "update", rtype, None)
             current = tx.current(rtype, rid)
-            if current is None:
+            if current is None or self.gate.limits(principal, rtype, "update") and (
+                    current.deleted or not self.resources.visible(principal, "update", rtype, rid, tx)):
                 raise not_found(f"{rtype}/{rid} is not known")
             if current.deleted:
                 raise FHIRError.of(410, "deleted", f"{rtype}/{rid} was deleted (version {current.version})")
@@ -487,8 +499,8 @@ class OperationService:
 
     def _visible_patient(self, principal: Principal, patient: str) -> None:
         current = self.store.read("Patient", patient)
-        if current is None:
-            raise not_found(f"Patient/{patient} is not known")
+        if current is None or current.deleted and self.gate.constrain(principal, "Patient"):
+            raise not_found(f"Patient/{patient} is not known")  # a limited principal cannot tell a deleted one
         if current.deleted:
             raise FHIRError.of(410, "deleted", f"Patient/{patient} was deleted (version {current.version})")
         if not self._is_visible(principal, patient):

@@ -15,13 +15,16 @@ from typing import Any, Callable, TypeVar
 
 import jsonpatch
 
-from fhir_server.access.gate import AccessGate, Principal
+from fhir_server.access import matching
+from fhir_server.access.gate import AccessGate, Principal, id_clause
 from fhir_server.definitions import Definitions
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FHIRError, Issue, bad_request, not_found
 from fhir_server.search.extract import Indexer
 from fhir_server.search.parse import SearchParser
+from fhir_server.search.query import Query
 from fhir_server.store.base import AlreadyExists, HistoryPage, Store, StoredResource, Transaction, VersionConflict
+from fhir_server.validation.enforcement import ProfileEnforcer
 from fhir_server.validation.structure import StructureValidator
 
 MAX_RETRIES = 20
@@ -52,10 +55,11 @@ class ResourceService:
 
     def __init__(self, definitions: Definitions, store: Store, validator: StructureValidator, indexer: Indexer,
                  parser: SearchParser, gate: AccessGate, clock: Callable[[], str] = utc_now,
-                 on_write: Callable[[StoredResource], None] | None = None):
+                 on_write: Callable[[StoredResource], None] | None = None, profiles: ProfileEnforcer | None = None):
         self.definitions = definitions
         self.store = store
         self.validator = validator
+        self.profiles = profiles  # required and claimed profiles, per the profile mode (None: base R4 only)
         self.indexer = indexer
         self.parser = parser
         self.gate = gate
@@ -72,7 +76,11 @@ class ResourceService:
             raise FHIRError.of(405, "not-supported", f"The {interaction} interaction is not allowed on {rtype}")
 
     def validate(self, resource: Any, rtype: str, rid: str | None) -> list[Issue]:
-        """Validate a body for a write on ``rtype``; raise 400 with every error, return the warnings."""
+        """Validate a body for a write on ``rtype``; raise 400 with every error, return the warnings.
+
+        Base R4 errors answer 400. Then the profiles (registry and ``meta.profile``): in enforce
+        mode a miss answers 422, in warn mode its problems come back as warnings.
+        """
         if not isinstance(resource, dict):
             raise bad_request("The body must be a JSON object holding a FHIR resource", code="structure")
         if resource.get("resourceType") != rtype:
@@ -86,6 +94,8 @@ class ResourceService:
         errors = [i for i in issues if i.severity in ("error", "fatal")]
         if errors:
             raise FHIRError(400, errors + [i for i in issues if i not in errors])
+        if self.profiles is not None:
+            issues = issues + self.profiles.on_write(resource, rtype, issues)
         return issues
 
     def stamp(self, resource: dict, rid: str, version: int, now: str) -> dict:
@@ -120,6 +130,42 @@ class ResourceService:
             except Exception:  # the write is committed: a failing hook must not turn it into an error
                 log.exception("on_write hook failed for %s/%s/_history/%s", stored.type, stored.id, stored.version)
 
+    # -- access: what the gate's limits let the principal reach (docs/adr/0003-access-gate.md) --------
+    def visible(self, principal: Principal, interaction: str, rtype: str, rid: str,
+                tx: Transaction | None = None) -> bool:
+        """Whether the current version of ``rtype/rid`` is within the principal's reach for ``interaction``:
+        one constrained ``_id`` query (inside ``tx`` when given, so a version just written counts); no
+        query at all for a principal the gate does not limit on this type."""
+        limits = self.gate.limits(principal, rtype, interaction)
+        if not limits:
+            return True
+        query = Query(types=(rtype,), clauses=[id_clause([rid]), *limits])
+        return bool(tx.search(query)) if tx is not None else bool(self.store.search(query, count=1).resources)
+
+    def version_visible(self, principal: Principal, interaction: str, stored: StoredResource) -> bool:
+        """Whether one (possibly old) version satisfies the principal's limits, checked in memory (the index
+        holds current versions only; see :mod:`fhir_server.access.matching`). Deletion markers carry no data."""
+        limits = self.gate.limits(principal, stored.type, interaction)
+        if not limits or stored.deleted:
+            return True
+        return matching.matches(limits, stored.id, self.indexer.index(jsonio.loads(stored.body)))
+
+    def matches(self, tx: Transaction, principal: Principal, rtype: str, criteria: str,
+                interaction: str) -> list[tuple[str, str]]:
+        """The resources the criteria of a conditional interaction designate, among those the principal
+        may reach with ``interaction`` (so a match out of reach is no match and leaks nothing)."""
+        query = self.gate.constrained(principal, self.parser.criteria(rtype, criteria), self.definitions.served,
+                                      interaction)
+        return tx.search(query)
+
+    def _check_in_reach(self, tx: Transaction, principal: Principal, interaction: str, rtype: str, rid: str) -> None:
+        """After a write (in ``tx``): the new version must still be within the principal's reach, e.g. in the
+        token's patient compartment; otherwise 403 and the transaction is rolled back."""
+        if not self.visible(principal, interaction, rtype, rid, tx):
+            raise FHIRError.of(403, "forbidden", f"This access token may not {interaction} this {rtype}: the "
+                               "result would be outside what it may reach (another patient's record, or outside "
+                               "its granular scopes)")
+
     @staticmethod
     def check_if_match(current: StoredResource | None, if_match: int | None) -> None:
         if if_match is None:
@@ -141,9 +187,17 @@ class ResourceService:
 
     # -- read --------------------------------------------------------------------------------
     def read(self, principal: Principal, rtype: str, rid: str) -> StoredResource:
+        """The current version. A resource out of the principal's reach answers exactly like an unknown id
+        (404, same message): its existence does not leak; for a limited principal a deleted one too."""
         self.served(rtype, "read")
-        current = self.store.read(rtype, rid)
         self.gate.authorize(principal, "read", rtype, None)
+        limits = self.gate.limits(principal, rtype, "read")
+        if limits:
+            found = self.store.search(Query(types=(rtype,), clauses=[id_clause([rid]), *limits]), count=1)
+            if not found.resources:
+                raise not_found(f"{rtype}/{rid} is not known")
+            return found.resources[0]
+        current = self.store.read(rtype, rid)
         if current is None:
             raise not_found(f"{rtype}/{rid} is not known")
         if current.deleted:
@@ -155,8 +209,12 @@ class ResourceService:
         self.served(rtype, "vread")
         if not version.isdigit():
             raise not_found(f"{rtype}/{rid} has no version '{version}'")
-        stored = self.store.vread(rtype, rid, int(version))
         self.gate.authorize(principal, "vread", rtype, None)
+        stored = self.store.vread(rtype, rid, int(version))
+        if stored is not None and self.gate.limits(principal, rtype, "vread") and (
+                stored.deleted or not self.visible(principal, "vread", rtype, rid)
+                or not self.version_visible(principal, "vread", stored)):
+            stored = None  # out of reach: answered like a version that does not exist
         if stored is None:
             raise not_found(f"{rtype}/{rid} has no version {version}")
         if stored.deleted:
@@ -227,7 +285,7 @@ class ResourceService:
         issues = self.validate(resource, rtype, None)
         self.gate.authorize(principal, "create", rtype, resource)
         if if_none_exist:
-            matches = tx.search(self.parser.criteria(rtype, if_none_exist))
+            matches = self.matches(tx, principal, rtype, if_none_exist, "create")
             if len(matches) > 1:
                 raise FHIRError.of(412, "multiple-matches", f"If-None-Exist matched {len(matches)} resources")
             if matches:
@@ -238,6 +296,7 @@ class ResourceService:
                 raise FHIRError.of(409, "conflict", "Another request is creating a resource matching "
                                    f"'{if_none_exist}'; retry to get its result") from None
         stored = self._write(tx, resource, rid or str(uuid.uuid4()), None, "POST")
+        self._check_in_reach(tx, principal, "create", rtype, stored.id)
         return WriteResult(stored, True, issues)
 
     def update_in(self, tx: Transaction, principal: Principal, rtype: str, rid: str, resource: Any,
@@ -246,16 +305,22 @@ class ResourceService:
         issues = self.validate(resource, rtype, rid)
         self.gate.authorize(principal, "update", rtype, resource)
         current = tx.current(rtype, rid)
+        if current is None or current.deleted:
+            self.gate.authorize(principal, "create", rtype, resource)  # an update that creates is a create
+        elif not self.visible(principal, "update", rtype, rid, tx):
+            raise FHIRError.of(403, "forbidden", f"This access token may not update {rtype}/{rid}")
         self.check_if_match(current, if_match)
         if current is not None and not current.deleted and self._unchanged(current, resource):
             return WriteResult(current, False, issues)
         stored = self._write(tx, resource, rid, current, "PUT")
+        self._check_in_reach(tx, principal, "update" if current is not None and not current.deleted else "create",
+                             rtype, rid)
         return WriteResult(stored, current is None or current.deleted, issues)
 
     def conditional_update_in(self, tx: Transaction, principal: Principal, rtype: str, criteria: str,
                               resource: Any, if_match: int | None = None) -> WriteResult:
         self.served(rtype, "update")
-        matches = tx.search(self.parser.criteria(rtype, criteria))
+        matches = self.matches(tx, principal, rtype, criteria, "update")
         if len(matches) > 1:
             raise FHIRError.of(412, "multiple-matches",
                                f"The criteria '{criteria}' match {len(matches)} resources; be more selective")
@@ -275,8 +340,9 @@ class ResourceService:
         self.served(rtype, "patch")
         if not isinstance(patch, list):
             raise bad_request("A JSON Patch body must be an array of operations (RFC 6902)", code="structure")
+        self.gate.authorize(principal, "patch", rtype, None)
         current = tx.current(rtype, rid)
-        if current is None or current.deleted:
+        if current is None or current.deleted or not self.visible(principal, "patch", rtype, rid, tx):
             raise not_found(f"{rtype}/{rid} is not known")
         self.check_if_match(current, if_match)
         try:
@@ -288,12 +354,14 @@ class ResourceService:
             raise bad_request(f"Malformed JSON Patch: {exc}", code="structure") from None
         issues = self.validate(patched, rtype, rid)
         self.gate.authorize(principal, "patch", rtype, patched)
-        return WriteResult(self._write(tx, patched, rid, current, "PATCH"), False, issues)
+        stored = self._write(tx, patched, rid, current, "PATCH")
+        self._check_in_reach(tx, principal, "patch", rtype, rid)
+        return WriteResult(stored, False, issues)
 
     def conditional_patch_in(self, tx: Transaction, principal: Principal, rtype: str, criteria: str, patch: Any,
                              if_match: int | None = None) -> WriteResult:
         self.served(rtype, "patch")
-        matches = tx.search(self.parser.criteria(rtype, criteria))
+        matches = self.matches(tx, principal, rtype, criteria, "patch")
         if len(matches) != 1:
             status, code = (404, "not-found") if not matches else (412, "multiple-matches")
             raise FHIRError.of(status, code, f"The criteria '{criteria}' match {len(matches)} resources")
@@ -303,8 +371,8 @@ class ResourceService:
         self.served(rtype, "delete")
         self.gate.authorize(principal, "delete", rtype, None)
         current = tx.current(rtype, rid)
-        if current is None or current.deleted:
-            return None
+        if current is None or current.deleted or not self.visible(principal, "delete", rtype, rid, tx):
+            return None  # out of reach: nothing this principal can see to delete, like an unknown id
         marker = StoredResource(rtype, rid, current.version + 1, self.clock(), True, None, "DELETE")
         tx.put(marker, None, expected_version=current.version)
         self._wrote(tx, marker)
@@ -313,7 +381,7 @@ class ResourceService:
     def conditional_delete_in(self, tx: Transaction, principal: Principal, rtype: str, criteria: str) -> int:
         """Delete the match of ``criteria``; several matches are refused (conditionalDelete: single)."""
         self.served(rtype, "delete")
-        matches = tx.search(self.parser.criteria(rtype, criteria))
+        matches = self.matches(tx, principal, rtype, criteria, "delete")
         if len(matches) > 1:
             raise FHIRError.of(412, "multiple-matches",
                                f"The criteria '{criteria}' match {len(matches)} resources; conditional delete "
@@ -323,9 +391,28 @@ class ResourceService:
     # -- history -----------------------------------------------------------------------------
     def history(self, principal: Principal, rtype: str | None, rid: str | None, *, since: str | None,
                 at: str | None, count: int, cursor: str | None) -> HistoryPage:
+        """History. For a principal the gate limits (a patient/ token, granular scopes), instance history
+        needs the current version within reach (404 like an unknown id otherwise) and shows only the
+        versions within reach (checked in memory; no total); type and system history are 403
+        for it: old versions are not in the index, so they cannot be filtered by query."""
+        interaction = "history-instance" if rid else "history-type" if rtype else "history-system"
         if rtype is not None:
-            self.served(rtype, "history-instance" if rid else "history-type")
-        self.gate.authorize(principal, "history", rtype, None)
-        if rid is not None and self.store.read(rtype, rid) is None:
+            self.served(rtype, interaction)
+        self.gate.authorize(principal, interaction, rtype, None)
+        if rid is None:
+            types = [rtype] if rtype is not None else sorted(self.definitions.served)
+            if any(self.gate.limits(principal, t, interaction) for t in types):
+                raise FHIRError.of(403, "forbidden", "Type and system history are not available to this access "
+                                   "token: it is limited to part of the record (a patient, or granular scopes) "
+                                   "and past versions cannot be filtered; use instance history "
+                                   "([type]/[id]/_history) or search")
+            return self.store.history(rtype, rid, since=since, before=at, count=count, cursor=cursor)
+        limited = bool(self.gate.limits(principal, rtype, interaction))
+        if limited and not self.visible(principal, interaction, rtype, rid) \
+                or not limited and self.store.read(rtype, rid) is None:
             raise not_found(f"{rtype}/{rid} is not known")
-        return self.store.history(rtype, rid, since=since, before=at, count=count, cursor=cursor)
+        page = self.store.history(rtype, rid, since=since, before=at, count=count, cursor=cursor)
+        if not limited:
+            return page
+        entries = [e for e in page.entries if self.version_visible(principal, interaction, e)]
+        return HistoryPage(entries, page.next_cursor, None)

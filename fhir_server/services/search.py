@@ -44,13 +44,9 @@ class SearchService:
         self.registry = parser.registry
 
     def constrained(self, principal: Principal, query: Query) -> Query:
-        """The query with the gate's clauses added for its types."""
-        extra = []
-        for rtype in query.types or (None,):
-            extra += self.gate.constrain(principal, rtype)
-        if not extra:
-            return query
-        return Query(types=query.types, clauses=[*query.clauses, *extra], sort=query.sort)
+        """The query with the gate's clauses added for its types, and for the types its chains and ``_has``
+        search (inner queries), see :meth:`AccessGate.constrained`."""
+        return self.gate.constrained(principal, query, self.served)
 
     def search(self, principal: Principal, parsed: ParsedSearch) -> SearchResult:
         for rtype in parsed.query.types or (None,):
@@ -169,7 +165,21 @@ class SearchService:
                 continue  # the principal may not read this type: include nothing of it
         if not allowed:
             return []
-        if len(allowed) < len(types) or not query.types:
-            query = Query(types=tuple(allowed), clauses=query.clauses)
-        page = self.store.search(self.constrained(principal, query), count=INCLUDE_LIMIT)
-        return page.resources
+        # one query per group of types the gate limits alike (one query when it limits none of them)
+        groups: list[tuple[list, list[str]]] = []
+        for rtype in allowed:
+            limits = self.gate.constrain(principal, rtype)
+            for group_limits, group_types in groups:
+                if group_limits == limits:
+                    group_types.append(rtype)
+                    break
+            else:
+                groups.append((limits, [rtype]))
+        out: list[StoredResource] = []
+        for _, group_types in groups:
+            sub = Query(types=tuple(group_types), clauses=query.clauses)
+            page = self.store.search(self.constrained(principal, sub), count=INCLUDE_LIMIT - len(out))
+            out += page.resources
+            if len(out) >= INCLUDE_LIMIT:
+                break
+        return out

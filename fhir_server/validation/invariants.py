@@ -22,6 +22,8 @@ judge of a violation. The tests check the pre-check against the engine.
 """
 from __future__ import annotations
 
+import operator
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +71,8 @@ NONEMPTY = object()  # one or more items whose values are not needed
 
 Check = Callable[[Any, Any, tuple], Any]
 
+_CHOICE_SUFFIXES = frozenset(_type[0].upper() + _type[1:] for types in models["r4"]["choiceTypePaths"].values()
+                             for _type in types)
 _NULLABLE_INPUT = {name: bool(entry.get("nullable_input")) for name, entry in invocation_registry.items()}
 _FILTERS = frozenset({"where", "select", "ofType", "first", "last", "tail", "skip", "take", "distinct",
                       "as", "trace", "single", "children", "descendants", "repeat"})
@@ -135,6 +139,8 @@ def _compile_check(node: dict) -> Check | None:
                 return EMPTY if b is not UNKNOWN else UNKNOWN
             if type(a) is str and type(b) is str and _shape(a) == _shape(b):
                 return order(a, b)  # same length and zone: string order is time order too
+            if type(a) is int and type(b) is int:
+                return order(a, b)
             return UNKNOWN
         return check_order
     if kind == "EqualityExpression" and node["terminalNodeText"][0] in ("=", "!="):
@@ -151,7 +157,7 @@ def _compile_check(node: dict) -> Check | None:
             b = right(d, m, c)
             if a is EMPTY or b is EMPTY:
                 return EMPTY if b is not UNKNOWN else UNKNOWN
-            if type(a) in (str, bool) and type(a) is type(b):
+            if type(a) in (str, bool, int) and type(a) is type(b):
                 return (a == b) is not negate
             return UNKNOWN
         return check_equal
@@ -213,7 +219,7 @@ def _logic_xor(left: Check, right: Check) -> Check:
     return check_xor
 
 
-_ORDER = {"<": str.__lt__, "<=": str.__le__, ">": str.__gt__, ">=": str.__ge__}
+_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
 def _shape(text: str) -> tuple[int, str]:
@@ -241,6 +247,8 @@ def _literal(node: dict) -> Any:
         return text[1:-1]
     if node.get("type") == "BooleanLiteral" and text in ("true", "false"):
         return text == "true"
+    if node.get("type") == "NumberLiteral" and text.isdigit():
+        return int(text)
     return _NO_LITERAL
 
 
@@ -277,7 +285,8 @@ def _compile_chain(node: dict) -> Check | None:
             name = _identifier(functn["children"][0])
             params = functn["children"][1]["children"] if len(functn["children"]) > 1 else []
             argument = _literal(params[0]) if len(params) == 1 else _NO_LITERAL
-            criteria = _compile_check(params[0]) if (name == "all" and len(params) == 1) else None
+            criteria = (_compile_check(params[0]) if (name in ("all", "where", "exists") and len(params) == 1)
+                        else None)
             ops.append(("call", name, (len(params), argument, criteria)))
         else:
             return None
@@ -305,7 +314,38 @@ def _compile_chain(node: dict) -> Check | None:
                     value = False
                 elif count == 0:
                     value = True
+                elif criteria is not None:
+                    value = _where(value, criteria, context)
+                    if value is UNKNOWN:
+                        return UNKNOWN
+                    value = value is not EMPTY
                 else:
+                    return UNKNOWN
+            elif name == "distinct" and count == 0 and value is not EMPTY:
+                if type(value) is tuple:
+                    if type(value[0]) not in (str, bool, int) or any(type(v) is not type(value[0]) for v in value):
+                        return UNKNOWN
+                    unique = tuple(dict.fromkeys(value))
+                    value = unique[0] if len(unique) == 1 else unique
+                elif type(value) not in (str, bool, int):
+                    return UNKNOWN
+            elif name == "where" and criteria is not None:
+                value = _where(value, criteria, context)
+            elif name == "count" and count == 0:
+                if value is EMPTY:
+                    value = 0
+                elif type(value) is tuple:
+                    value = len(value)
+                elif type(value) in (str, bool, dict):
+                    value = 1
+                else:
+                    return UNKNOWN
+            elif name == "matches" and type(argument) is str:
+                if type(value) is str:
+                    if _regex(argument).fullmatch(value) is None:
+                        return UNKNOWN  # only a match is trusted (engines differ on partial matches)
+                    value = True
+                elif value is not EMPTY:
                     return UNKNOWN
             elif name == "hasValue" and count == 0:
                 if value is EMPTY:
@@ -330,10 +370,45 @@ def _compile_chain(node: dict) -> Check | None:
                 continue  # these functions give an empty result for an empty input
             else:
                 return UNKNOWN
-        if value is EMPTY or type(value) is bool or type(value) is str:
+        if value is EMPTY or type(value) in (bool, str, int):
             return value
         return UNKNOWN
     return check_chain
+
+
+def _where(value: Any, criteria: Check, context: tuple) -> Any:
+    """``where(criteria)``: the items for which the criteria is certainly true (false/empty ones dropped)."""
+    if value is EMPTY:
+        return EMPTY
+    items = value if type(value) is tuple else (value,) if type(value) is dict else None
+    if items is None:
+        return UNKNOWN
+    kept = []
+    for item in items:
+        if type(item) is not dict:
+            return UNKNOWN
+        answer = criteria(item, None, context)
+        if answer is True:
+            kept.append(item)
+        elif answer is not False and answer is not EMPTY:
+            return UNKNOWN
+    if not kept:
+        return EMPTY
+    return kept[0] if len(kept) == 1 else tuple(kept)
+
+
+_REGEXES: dict[str, Any] = {}
+
+
+def _regex(pattern: str) -> Any:
+    found = _REGEXES.get(pattern)
+    if found is None:
+        try:
+            found = re.compile(pattern)
+        except re.error:
+            found = re.compile(r"(?!)")  # never matches: the engine decides
+        _REGEXES[pattern] = found
+    return found
 
 
 def _all(value: Any, criteria: Check, context: tuple) -> Any:
@@ -396,10 +471,17 @@ def _member_of(value: Any, name: str) -> Any:
         return UNKNOWN
     if name in value:
         return _single(value[name])
+    variants = []
     for key in value:
-        if key.startswith(name) or key.startswith("_" + name):
-            return UNKNOWN  # maybe a choice (valueQuantity) or an extension-only primitive
-    return EMPTY
+        if key.startswith("_" + name):
+            return UNKNOWN  # an extension-only primitive
+        if key.startswith(name):
+            if key[len(name):] not in _CHOICE_SUFFIXES:
+                return UNKNOWN
+            variants.append(key)
+    if len(variants) == 1:  # a choice element (value -> valueAddress)
+        return _single(value[variants[0]])
+    return EMPTY if not variants else UNKNOWN
 
 
 # --- the engine ---------------------------------------------------------------------------
