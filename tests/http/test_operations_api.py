@@ -54,11 +54,26 @@ def errors(response):
 
 
 # -- $validate ----------------------------------------------------------------------------------
-def test_validate_a_valid_resource_is_200_all_ok_and_stores_nothing(client):
-    response = post_json(client, "/fhir/Patient/$validate", patient())
+def test_validate_a_valid_resource_is_200_without_errors_and_stores_nothing(client):
+    with open("profiles/examples/dmp-patient/valid-2.2-ins-nia-official.json", "rb") as f:
+        record_patient = json.load(f)  # meets the record's Patient profile, which the registry requires
+    response = post_json(client, "/fhir/Patient/$validate", record_patient)
     assert response.status_code == 200
-    assert issues(response) == [{"severity": "information", "code": "informational", "diagnostics": "All OK"}]
+    assert errors(response) == []
     assert stored_versions(client) == 0
+
+
+def test_validate_says_all_ok_when_nothing_is_found(client):
+    encounter = {"resourceType": "Encounter", "status": "finished",
+                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}}
+    response = post_json(client, "/fhir/Encounter/$validate", encounter)  # no record profile for Encounter
+    assert issues(response) == [{"severity": "information", "code": "informational", "diagnostics": "All OK"}]
+
+
+def test_validate_reports_a_miss_of_the_record_profile_as_warnings(client):
+    response = post_json(client, "/fhir/Patient/$validate", patient())
+    assert response.status_code == 200 and errors(response) == []
+    assert any("dmp-patient" in i["diagnostics"] for i in issues(response) if i["severity"] == "warning")
 
 
 def test_validate_an_official_example(client):

@@ -201,10 +201,13 @@ def test_meta_change_writes_a_new_version_and_a_no_op_writes_none(server, ops):
 def test_validate_never_writes(server, ops):
     put(server, {"resourceType": "Patient", "id": "a"})
     before = server.store.history().total
-    assert ops.validate(ANONYMOUS, "Patient", "a", {"resourceType": "Patient", "id": "a"}, mode="update") == []
+    def errors(found):
+        return [i for i in found if i.severity == "error"]
+    # (warnings: a bare Patient misses the record's Patient profile, which the registry names)
+    assert errors(ops.validate(ANONYMOUS, "Patient", "a", {"resourceType": "Patient", "id": "a"}, mode="update")) == []
     assert ops.validate(ANONYMOUS, "Patient", "a", None, mode="delete") == []
     found = ops.validate(ANONYMOUS, "Patient", None, {"resourceType": "Patient", "gender": "x"})
-    assert [i.expression for i in found] == ["Patient.gender"]
+    assert [i.expression for i in errors(found)] == ["Patient.gender"]
     assert server.store.history().total == before
 
 
