@@ -100,7 +100,12 @@ class FHIRServer:
         version = self.engine.registry.version  # read first: a change while building makes it stale at once
         if self._capability is None or self._capability[0] != version:
             self._capability = (version, capability_statement(self.definitions, self.engine.registry))
-        return dict(self._capability[1], implementation={"description": "DMP FHIR server", "url": base_url})
+        statement = dict(self._capability[1], implementation={"description": "DMP FHIR server", "url": base_url})
+        if not isinstance(self.gate, OpenGate):  # the SMART endpoints, where clients get their tokens
+            import auth
+            server_root = base_url.rsplit("/fhir", 1)[0]
+            statement["rest"] = [dict(statement["rest"][0], security=auth.capability_security(server_root + "/auth"))]
+        return statement
 
     @staticmethod
     def compartment_clause(rtype: str, compartment_type: str, compartment_id: str, params: tuple[str, ...]):
@@ -132,6 +137,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     from fhir_server.http.responses import TypeConverter, before_request
     errors.register(app)
     app.url_map.converters["type"] = TypeConverter
+    from fhir_server.http import cors
+    cors.init_app(app)
     app.before_request(before_request)
     app.before_request(server.search_parameters.before_request)
     app.register_blueprint(api, url_prefix="/fhir")
