@@ -98,7 +98,11 @@ def serve(args: argparse.Namespace) -> int:
         def load(self):
             return create_app(settings)
 
-    create_app(settings).extensions["fhir"].store.close()  # fail fast on a bad store URL, create the schema once
+    from fhir_server.services.publication import publish
+    server = create_app(settings).extensions["fhir"]  # fail fast on a bad store URL, create the schema once
+    published = publish(server.resources)  # the record's profiles, readable at /fhir/StructureDefinition
+    server.store.close()
+    print(f"{published} definitions from profiles/ published or updated", file=sys.stderr)
     print(f"serving FHIR R4 at http://{args.host}:{args.port}/fhir on {settings.store_url}"
           + (" WITHOUT AUTHENTICATION" if settings.insecure_no_auth else ""), file=sys.stderr)
     Server().run()
