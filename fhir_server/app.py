@@ -1,12 +1,14 @@
 """The application factory: builds every service once and wires them together explicitly."""
 from __future__ import annotations
 
+import atexit
 import logging
 from dataclasses import dataclass, field
 
 from flask import Flask
 
 from fhir_server.access.gate import AccessGate, OpenGate
+from fhir_server.bulk import BulkExports, worker_enabled
 from fhir_server.definitions import Definitions
 from fhir_server.http.rendering import Renderer
 from fhir_server.search.extract import Indexer
@@ -64,6 +66,7 @@ class FHIRServer:
     operations: OperationService = field(init=False)
     bundles: BundleService = field(init=False)
     search_parameters: SearchParameterService = field(init=False)
+    bulk: BulkExports = field(init=False)
 
     def __post_init__(self) -> None:
         self.search_parameters = SearchParameterService(self.engine, self.store)
@@ -80,6 +83,7 @@ class FHIRServer:
         self.operations = OperationService(engine.definitions, self.store, self.resources, self.search,
                                            engine.validator, engine.indexer, self.gate)
         self.bundles = BundleService(self.resources, self.search, self.parser, engine.definitions, engine.renderer)
+        self.bulk = BulkExports(self)  # job store in the store's database, exporter, worker (not started)
         self._capability: tuple[int, dict] | None = None  # (registry version, statement)
         self.search_parameters.load()
 
@@ -116,8 +120,9 @@ class FHIRServer:
 
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None, gate: AccessGate | None = None,
-               engine: Engine | None = None) -> Flask:
-    """Build the Flask application. Tests pass their own store, gate and engine; ``serve`` passes settings."""
+               engine: Engine | None = None, bulk_worker: bool = False) -> Flask:
+    """Build the Flask application. Tests pass their own store, gate and engine; ``serve`` passes settings
+    and ``bulk_worker=True`` in each worker process (one background export thread per process)."""
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store_url)
     if gate is None and settings.insecure_no_auth:
@@ -146,8 +151,13 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     from fhir_server.http.operations_api import operations_api
     app.register_blueprint(bundle_api, url_prefix="/fhir")
     app.register_blueprint(operations_api, url_prefix="/fhir")
+    from fhir_server.http.bulk_api import bulk_api
+    app.register_blueprint(bulk_api, url_prefix="/fhir")
     import auth  # the SMART authorization server: /auth/..., /fhir/.well-known/smart-configuration
     auth.init_app(app, server)
     app.url_map.strict_slashes = False
     logging.basicConfig(level=logging.INFO)
+    if bulk_worker and worker_enabled():  # FHIR_SERVER_BULK_WORKER=0 opts a process out
+        server.bulk.start_worker()
+        atexit.register(server.bulk.stop_worker)  # a running job is handed back to the other processes
     return app

@@ -95,8 +95,8 @@ def serve(args: argparse.Namespace) -> int:
             self.cfg.set("max_requests", 100_000)
             self.cfg.set("max_requests_jitter", 1000)
 
-        def load(self):
-            return create_app(settings)
+        def load(self):  # in each worker process, after the fork: one bulk export thread per process
+            return create_app(settings, bulk_worker=True)
 
     from fhir_server.services.publication import publish
     server = create_app(settings).extensions["fhir"]  # fail fast on a bad store URL, create the schema once

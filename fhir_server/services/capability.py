@@ -10,6 +10,15 @@ from fhir_server.search.parameters import SearchParameterRegistry
 
 INTERACTION_ORDER = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type")
+R4_OPERATION = "http://hl7.org/fhir/OperationDefinition/"
+BULK_OPERATION = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+VALIDATE = ("validate", R4_OPERATION + "Resource-validate")
+META = [("meta", R4_OPERATION + "Resource-meta"), ("meta-add", R4_OPERATION + "Resource-meta-add"),
+        ("meta-delete", R4_OPERATION + "Resource-meta-delete")]
+TYPE_OPERATIONS = {
+    "Patient": [("everything", R4_OPERATION + "Patient-everything"), ("export", BULK_OPERATION + "patient-export")],
+    "Group": [("export", BULK_OPERATION + "group-export")],
+}
 SUPPORTED_SEARCH_TYPES = {"number", "date", "string", "token", "reference", "composite", "quantity", "uri"}
 
 
@@ -52,6 +61,8 @@ def capability_statement(definitions: Definitions, registry: SearchParameterRegi
         }
         if served.profiles:
             entry["supportedProfile"] = list(served.profiles)
+        operations = TYPE_OPERATIONS.get(rtype, []) + ([VALIDATE, *META] if writable else META)
+        entry["operation"] = [{"name": name, "definition": url} for name, url in operations]
         if not writable:
             entry.pop("updateCreate")
         resources.append(entry)
@@ -75,5 +86,7 @@ def capability_statement(definitions: Definitions, registry: SearchParameterRegi
                 {"name": "_type", "type": "token",
                  "documentation": "Resource types to search across (system-level search)"},
             ],
+            "operation": [{"name": "export", "definition": BULK_OPERATION + "export"},
+                          {"name": "meta", "definition": R4_OPERATION + "Resource-meta"}],
         }],
     }

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS resources (
     rpk INTEGER PRIMARY KEY, type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
     lu INTEGER NOT NULL, deleted INTEGER NOT NULL, vrow INTEGER NOT NULL, UNIQUE (type, id));
 CREATE INDEX IF NOT EXISTS resources_type_lu ON resources (type, lu);
-CREATE INDEX IF NOT EXISTS resources_type ON resources (type, deleted);
+-- paging one type in rpk order (keyset: "type IN (?) AND rpk > ? ORDER BY rpk") as an index range
+CREATE INDEX IF NOT EXISTS resources_type_rpk ON resources (type, rpk);
 CREATE TABLE IF NOT EXISTS idx_token (
     rpk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT, text TEXT);
 CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token (type, param, code, system, rpk);

@@ -197,7 +197,7 @@ class SQLCompiler:
         other clause as a correlated ``EXISTS`` probe on the candidate's own index rows, so an
         unselective clause (a date range, a common code) never builds its whole match list.
         """
-        parts, args = [f"+{alias}.deleted = 0"], []  # + : never let the (type, deleted) index win over (type, id)
+        parts, args = [f"+{alias}.deleted = 0"], []  # + : "deleted" must never steer the choice of index
         driver = choose_driver(query.clauses)
         if query.types:
             # when an rpk list drives, the type test must not (a scan of the whole type): the unary

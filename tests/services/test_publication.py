@@ -36,3 +36,10 @@ def test_the_capability_statement_names_each_type_s_record_profile(client):
     resources = {r["type"]: r for r in client.get("/fhir/metadata").get_json()["rest"][0]["resource"]}
     assert resources["Patient"]["supportedProfile"] == [DMP_PATIENT]
     assert {"read", "search-type"} <= {i["code"] for i in resources["StructureDefinition"]["interaction"]}
+
+
+def test_the_capability_statement_lists_the_operations_that_run(client):
+    rest = client.get("/fhir/metadata").get_json()["rest"][0]
+    assert {"export", "meta"} <= {o["name"] for o in rest["operation"]}
+    patient = next(r for r in rest["resource"] if r["type"] == "Patient")
+    assert {"everything", "export", "validate"} <= {o["name"] for o in patient["operation"]}
