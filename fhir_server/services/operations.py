@@ -17,6 +17,7 @@ from typing import Any
 from fhir_server.access.gate import AccessGate, Principal
 from fhir_server.definitions import Definitions
 from fhir_server.model import jsonio
+from fhir_server.model.references import literal_references
 from fhir_server.model.outcome import FHIRError, Issue, bad_request, not_found
 from fhir_server.search.extract import Indexer
 from fhir_server.search.query import AnyOf, Clause, Query, RangeValue, ReferenceValue, TokenValue
@@ -568,10 +569,9 @@ class OperationService:
         seen = {(r.type, r.id) for r in matches}
         targets: dict[str, dict[str, None]] = {}
         for stored in matches:
-            for entry in self.indexer.index(jsonio.loads(stored.body)).references:
-                key = (entry.target_type, entry.target_id)
-                if entry.target_type in allowed and entry.target_id and key not in seen:
-                    targets.setdefault(entry.target_type, {})[entry.target_id] = None
+            for key in literal_references(jsonio.loads(stored.body)):
+                if key[0] in allowed and key not in seen:
+                    targets.setdefault(key[0], {})[key[1]] = None
         found: list[StoredResource] = []
         for rtype in sorted(targets):
             ids = list(targets[rtype])
