@@ -10,12 +10,11 @@ from pathlib import Path
 import mongomock
 import pytest
 
-from fhir_server.access.gate import ANONYMOUS, OpenGate
-from fhir_server.app import create_app
-from fhir_server.bulk import BulkExports, BulkSettings
+from fhir_server.access.gate import ANONYMOUS
 from fhir_server.bulk.export import CompartmentMatcher, NDJSONWriter
 from fhir_server.bulk.jobs import MAX_ATTEMPTS, Job, MongoJobStore, SQLiteJobStore
-from fhir_server.settings import Settings
+
+from bulk_helpers import make_bulk_app
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "r4-examples"
 
@@ -167,35 +166,6 @@ def test_the_compartment_check_agrees_with_the_index(engine):
 
 
 # -- the exporter and the worker ------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "mongo"])
-def store(request, tmp_path):
-    """The conftest stores, but SQLite without an fsync per commit (10x faster set-up; same semantics)."""
-    if request.param == "sqlite":
-        from fhir_server.store.sqlite import SQLiteStore
-        store = SQLiteStore(tmp_path / "fhir.sqlite3", synchronous="NORMAL")
-    else:
-        import os
-        import uuid
-        from fhir_server.store.mongo import MongoStore
-        uri = os.environ.get("MONGODB_URI")
-        store = (MongoStore.from_url(uri.rstrip("/") + f"/test_{uuid.uuid4().hex[:12]}", drop_on_close=True) if uri
-                 else MongoStore.from_url("mongomock://localhost/fhir"))
-    yield store
-    store.close()
-
-
-def make_bulk_app(store, engine, tmp_path, **settings):
-    from fhir_server.http.bulk_api import bulk_api
-    app = create_app(Settings(insecure_no_auth=True), store=store, gate=OpenGate(), engine=engine)
-    server = app.extensions["fhir"]
-    if getattr(server, "bulk", None) is not None:
-        server.bulk.worker.stop()
-    server.bulk = BulkExports(server, BulkSettings(directory=str(tmp_path / "bulk"), **settings))
-    if "bulk_api" not in app.blueprints:
-        app.register_blueprint(bulk_api, url_prefix="/fhir")
-    return app
-
-
 def submit(app, kind: str = "system", types=("Patient", "Observation"), **spec) -> Job:
     server = app.extensions["fhir"]
     job = Job(__import__("uuid").uuid4().hex, kind, "http://localhost/fhir/$export",
@@ -206,7 +176,7 @@ def submit(app, kind: str = "system", types=("Patient", "Observation"), **spec) 
 
 
 def test_a_system_export_streams_pages_of_stored_bytes_without_parsing(store, engine, tmp_path, monkeypatch):
-    app = make_bulk_app(store, engine, tmp_path, page_size=3)
+    app = make_bulk_app(store, engine, tmp_path / "bulk", page_size=3)
     server = app.extensions["fhir"]
     created = [server.resources.create(ANONYMOUS, "Patient", {"resourceType": "Patient", "gender": "male"})
                for _ in range(7)]
@@ -235,7 +205,7 @@ def test_a_system_export_streams_pages_of_stored_bytes_without_parsing(store, en
 
 
 def test_pages_shrink_for_large_resources(store, engine, tmp_path, monkeypatch):
-    app = make_bulk_app(store, engine, tmp_path, page_size=1000, page_bytes=5000)
+    app = make_bulk_app(store, engine, tmp_path / "bulk", page_size=1000, page_bytes=5000)
     server = app.extensions["fhir"]
     for _ in range(25):
         server.resources.create(ANONYMOUS, "Binary", {"resourceType": "Binary", "contentType": "text/plain",
@@ -255,7 +225,7 @@ def test_pages_shrink_for_large_resources(store, engine, tmp_path, monkeypatch):
 
 
 def test_the_background_thread_runs_jobs_and_gives_them_back_at_shutdown(store, engine, tmp_path, monkeypatch):
-    app = make_bulk_app(store, engine, tmp_path, poll_interval=0.05, page_size=1)
+    app = make_bulk_app(store, engine, tmp_path / "bulk", poll_interval=0.05, page_size=1)
     server = app.extensions["fhir"]
     for _ in range(3):
         server.resources.create(ANONYMOUS, "Patient", {"resourceType": "Patient"})

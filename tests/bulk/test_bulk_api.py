@@ -8,59 +8,27 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from fhir_server.access.gate import ANONYMOUS, AccessGate, OpenGate, Principal
-from fhir_server.app import create_app
-from fhir_server.bulk import BulkExports, BulkSettings
+from fhir_server.access.gate import ANONYMOUS, AccessGate, Principal
 from fhir_server.bulk.worker import JobControl
-from fhir_server.http.bulk_api import bulk_api
 from fhir_server.model.outcome import FHIRError
 from fhir_server.search.query import Clause, Query, TokenValue
 from fhir_server.services.resources import utc_now
-from fhir_server.settings import Settings
+
+from bulk_helpers import make_bulk_app
 
 BASE = "http://localhost"
 KICKOFF_HEADERS = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
 
 
 # -- harness --------------------------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "mongo"])
-def store(request, tmp_path):
-    """The conftest stores, but SQLite without an fsync per commit (10x faster set-up; same semantics)."""
-    if request.param == "sqlite":
-        from fhir_server.store.sqlite import SQLiteStore
-        store = SQLiteStore(tmp_path / "fhir.sqlite3", synchronous="NORMAL")
-    else:
-        import os
-        import uuid
-        from fhir_server.store.mongo import MongoStore
-        uri = os.environ.get("MONGODB_URI")
-        store = (MongoStore.from_url(uri.rstrip("/") + f"/test_{uuid.uuid4().hex[:12]}", drop_on_close=True) if uri
-                 else MongoStore.from_url("mongomock://localhost/fhir"))
-    yield store
-    store.close()
-
-
-def make_app(store, engine, directory: Path, gate: AccessGate | None = None, **settings):
-    """An app with the bulk blueprint and a job store/worker writing under ``directory`` (no thread)."""
-    app = create_app(Settings(insecure_no_auth=True, max_body_bytes=1_000_000), store=store,
-                     gate=gate or OpenGate(), engine=engine)
-    server = app.extensions["fhir"]
-    previous = getattr(server, "bulk", None)
-    if previous is not None:
-        previous.worker.stop()
-    server.bulk = BulkExports(server, BulkSettings(directory=str(directory), **settings))
-    if "bulk_api" not in app.blueprints:
-        app.register_blueprint(bulk_api, url_prefix="/fhir")
-    return app
 
 
 @pytest.fixture
 def bulk_app(store, engine, tmp_path):
-    return make_app(store, engine, tmp_path / "bulk")
+    return make_bulk_app(store, engine, tmp_path / "bulk")
 
 
 @pytest.fixture
@@ -263,7 +231,7 @@ def test_patient_level_export_is_the_patient_compartment(bulk_client, bulk_app, 
 
 
 def test_group_level_export_is_the_members_data(store, engine, tmp_path):
-    app = make_app(store, engine, tmp_path / "bulk", member_chunk=1)  # one member per query: exercises de-dup
+    app = make_bulk_app(store, engine, tmp_path / "bulk", member_chunk=1)  # one member per query: exercises de-dup
     client = app.test_client()
     a, b, c, d = (create(app, patient(n)) for n in "ABCD")
     obs = {p["id"]: create(app, observation(f"Patient/{p['id']}")) for p in (a, b, c, d)}
@@ -299,7 +267,7 @@ def test_post_kickoff_with_parameters(bulk_client, bulk_app, record):
 
 
 def test_several_files_per_type_above_the_configured_size(store, engine, tmp_path):
-    app = make_app(store, engine, tmp_path / "bulk", max_file_resources=2)
+    app = make_bulk_app(store, engine, tmp_path / "bulk", max_file_resources=2)
     client = app.test_client()
     created = [create(app, patient(f"P{i}")) for i in range(5)]
     manifest, exported = export(client, app, "/fhir/$export?_type=Patient")
@@ -308,7 +276,7 @@ def test_several_files_per_type_above_the_configured_size(store, engine, tmp_pat
     assert ids(exported["Patient"]) == ids(created)
 
     limit = 2 * max(len(store.read("Patient", p["id"]).body) for p in created) + 2
-    app = make_app(store, engine, tmp_path / "bulk2", max_file_bytes=limit)
+    app = make_bulk_app(store, engine, tmp_path / "bulk2", max_file_bytes=limit)
     client = app.test_client()
     manifest, exported = export(client, app, "/fhir/$export?_type=Patient")
     assert len(manifest["output"]) >= 3 and sum(o["count"] for o in manifest["output"]) == 5
@@ -318,7 +286,7 @@ def test_several_files_per_type_above_the_configured_size(store, engine, tmp_pat
 
 # -- cancel, delete, restart ----------------------------------------------------------------------
 def test_delete_before_the_run_cancels_and_then_404(store, engine, tmp_path):
-    app = make_app(store, engine, tmp_path / "bulk", max_active_per_client=1)
+    app = make_bulk_app(store, engine, tmp_path / "bulk", max_active_per_client=1)
     client = app.test_client()
     location = kickoff(client, "/fhir/$export")
     busy = client.get("/fhir/$export", headers=KICKOFF_HEADERS)  # one export at a time for this client
@@ -338,7 +306,7 @@ def test_delete_before_the_run_cancels_and_then_404(store, engine, tmp_path):
 
 
 def test_delete_while_running_stops_the_worker_and_removes_the_files(store, engine, tmp_path, monkeypatch):
-    app = make_app(store, engine, tmp_path / "bulk", page_size=2)
+    app = make_bulk_app(store, engine, tmp_path / "bulk", page_size=2)
     client = app.test_client()
     for i in range(7):
         create(app, patient(f"P{i}"))
@@ -371,7 +339,7 @@ def test_delete_after_completion_removes_the_files(bulk_client, bulk_app, record
 
 
 def test_a_job_survives_a_restart(store, engine, tmp_path):
-    first = make_app(store, engine, tmp_path / "bulk")
+    first = make_bulk_app(store, engine, tmp_path / "bulk")
     for i in range(3):
         create(first, patient(f"P{i}"))
     location = kickoff(first.test_client(), "/fhir/$export?_type=Patient")
@@ -379,7 +347,7 @@ def test_a_job_survives_a_restart(store, engine, tmp_path):
     if hasattr(store, "path"):
         from fhir_server.store.sqlite import SQLiteStore
         store = SQLiteStore(store.path)
-    second = make_app(store, engine, tmp_path / "bulk")
+    second = make_bulk_app(store, engine, tmp_path / "bulk")
     client = second.test_client()
     response = poll(client, second, location)
     assert response.status_code == 200
@@ -433,7 +401,7 @@ KICKOFF_CASES = [
 
 
 def test_kickoff_parameters(store, engine, tmp_path):
-    app = make_app(store, engine, tmp_path / "bulk", max_active_per_client=100)
+    app = make_bulk_app(store, engine, tmp_path / "bulk", max_active_per_client=100)
     client = app.test_client()
     for url, prefer, status in KICKOFF_CASES:
         headers = dict(KICKOFF_HEADERS)
@@ -484,7 +452,7 @@ class TokenGate(AccessGate):
 
 
 def test_the_principal_constraints_apply_and_only_the_owner_sees_the_job(store, engine, tmp_path):
-    app = make_app(store, engine, tmp_path / "bulk", gate=TokenGate())
+    app = make_bulk_app(store, engine, tmp_path / "bulk", gate=TokenGate())
     client = app.test_client()
     someone = Principal("admin", authenticated=True)
     p = create(app, patient(), someone)
