@@ -323,6 +323,7 @@ class PhaseResult:
     server_cpu: float = 0.0  # CPU seconds used by the server processes during the phase
     client_cpu: float = 0.0  # CPU seconds used by the load generator during the phase
     other_cpu: float = 0.0  # CPU seconds used by everything else on the machine during the phase
+    worker_share: float = 0.0  # the busiest gunicorn worker's share of the workers' CPU
     responses: list[tuple[Request, int, bytes]] = field(default_factory=list)  # kept only when asked
 
     @property
@@ -373,8 +374,20 @@ class Connection:
 
 def server_cpu_seconds(pgid: int) -> float:
     """User+system CPU seconds of every live process in the server's process group."""
+    return sum(server_cpu_by_pid(pgid).values())
+
+
+def worker_share(pgid: int, before: dict[int, float], after: dict[int, float]) -> float:
+    """The largest share of the workers' CPU taken by one worker between two samples (1/workers if even)."""
+    used = {pid: after[pid] - before.get(pid, 0.0) for pid in after if pid != pgid}
+    total = sum(used.values())
+    return max(used.values()) / total if total > 0 else 0.0
+
+
+def server_cpu_by_pid(pgid: int) -> dict[int, float]:
+    """{pid: user+system CPU seconds} of the live processes in the server's process group."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out: dict[int, float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -384,8 +397,8 @@ def server_cpu_seconds(pgid: int) -> float:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
         if int(fields[2]) == pgid:  # fields[0] is field 3 (state): pgrp is field 5
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / tick
+            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15)
+    return out
 
 
 def machine_busy_seconds() -> float:
@@ -483,7 +496,8 @@ def run_phase(name: str, port: int, pgid: int, clients: int, *, jobs: list[Reque
     threads = [threading.Thread(target=worker, name=f"{name}-{i}", daemon=True) for i in range(clients)]
     for thread in threads:
         thread.start()
-    busy0, server0, client0 = machine_busy_seconds(), server_cpu_seconds(pgid), own_cpu_seconds()
+    pids0 = server_cpu_by_pid(pgid)
+    busy0, server0, client0 = machine_busy_seconds(), sum(pids0.values()), own_cpu_seconds()
     wall0 = time.perf_counter()
     deadline_box[0] = wall0 + (duration if duration is not None else timeout)
     start_barrier.wait()
@@ -493,7 +507,9 @@ def run_phase(name: str, port: int, pgid: int, clients: int, *, jobs: list[Reque
         stop.set()
         raise RuntimeError(f"{name}: clients still running after the time limit")
     result.elapsed = time.perf_counter() - wall0
-    result.server_cpu = server_cpu_seconds(pgid) - server0
+    pids1 = server_cpu_by_pid(pgid)
+    result.server_cpu = sum(pids1.values()) - server0
+    result.worker_share = worker_share(pgid, pids0, pids1)
     result.client_cpu = own_cpu_seconds() - client0
     result.other_cpu = max(0.0, machine_busy_seconds() - busy0 - result.server_cpu - result.client_cpu)
     result.requests = sum(result.statuses.values())
@@ -549,10 +565,13 @@ def run_wrk(wrk: str, port: int, pgid: int, clients: int, threads: int, duration
     cmd = [wrk, f"-t{threads}", f"-c{clients}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
            "-s", str(script), f"http://{HOST}:{port}/", "--", str(paths_file), str(seed)]
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy0, server0, wall0 = machine_busy_seconds(), server_cpu_seconds(pgid), time.perf_counter()
+    pids0 = server_cpu_by_pid(pgid)
+    busy0, server0, wall0 = machine_busy_seconds(), sum(pids0.values()), time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     result.elapsed = time.perf_counter() - wall0
-    result.server_cpu = server_cpu_seconds(pgid) - server0
+    pids1 = server_cpu_by_pid(pgid)
+    result.server_cpu = sum(pids1.values()) - server0
+    result.worker_share = worker_share(pgid, pids0, pids1)
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     result.client_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     result.other_cpu = max(0.0, machine_busy_seconds() - busy0 - result.server_cpu - result.client_cpu)
@@ -692,6 +711,7 @@ class Round:
     update: PhaseResult
     wrk: PhaseResult | None
     server_problems: list[str]
+    workers: int = 1
 
 
 def json_request(method: str, path: str, body: dict, **headers: str) -> Request:
@@ -751,7 +771,8 @@ def one_round(number: int, args, workdir: Path, wrk: str | None) -> Round:
 
         read = least_disturbed(python_read, args.read_attempts)
         check_alive(server, "read")
-        print(f"  read (python): {read.ok}/{read.requests} = {read.rps:.0f}/s, p99 {read.pct(99):.1f} ms",
+        print(f"  read (python): {read.ok}/{read.requests} = {read.rps:.0f}/s, p99 {read.pct(99):.1f} ms, "
+              f"busiest worker {read.worker_share:.0%} of the workers' CPU",
               file=sys.stderr)
         wrk_result = None
         if wrk:
@@ -778,7 +799,7 @@ def one_round(number: int, args, workdir: Path, wrk: str | None) -> Round:
         update = run_phase("update", server.port, server.pgid, args.clients, jobs=jobs)
         check_alive(server, "update")
         print(f"  update: {update.ok}/{update.requests} = {update.rps:.0f}/s", file=sys.stderr)
-        return Round(create, read, update, wrk_result, server.problems())
+        return Round(create, read, update, wrk_result, server.problems(), args.workers)
     except BaseException:
         if server.proc is not None:
             print("server log (tail):\n" + server.log_tail(), file=sys.stderr)
@@ -941,6 +962,12 @@ def verdict(rounds: list[Round]) -> str:
             + (f" ({create['rps'] / TARGETS['create_rps']:.0%} of the target)" if not create_ok else "")
             + "; the load generator ran on the same 2 cores as the server, so these are lower bounds for a "
               "server with the machine to itself.")
+    disturbed = [(f"{label}, {s['client'].split(',')[0]}", s["other_cores"]) for key, label in PHASES
+                 if (s := summarize(rounds, key)) and s["other_cores"] >= 0.3]
+    if disturbed:
+        text += (" Other processes on the machine took CPU during the measurements ("
+                 + ", ".join(f"{label}: {cores:.2f} cores" for label, cores in disturbed)
+                 + " on average), so those figures understate what the server does on a quiet machine.")
     errors = sum(s["errors"] for s in [create, *reads, summarize(rounds, "update")])
     if errors:
         text += f" {errors} requests did not get a 2xx answer (see below)."
@@ -951,12 +978,17 @@ def failures_text(rounds: list[Round]) -> str:
     out = []
     for key, label in PHASES:
         s = summarize(rounds, key)
-        if s and s["errors"]:
+        if s and (s["errors"] or s["failures"]):
             statuses = ", ".join(f"{k}: {v}" for k, v in sorted(s["statuses"].items()))
             out.append(f"- {label} ({s['client'].split(',')[0]}): {s['errors']} non-2xx or failed over all rounds "
                        f"({statuses}). First ones:")
             out += [f"  - `{f[:900]}`" for f in s["failures"]]
     for i, r in enumerate(rounds):
+        for phase in (r.read, r.wrk):
+            if phase is not None and phase.worker_share > 0.8 and r.workers > 1:
+                out.append(f"- round {i + 1}, {phase.name} ({phase.client.split(',')[0]}): one gunicorn worker did "
+                           f"{phase.worker_share:.0%} of the work (its keep-alive connections were not spread "
+                           f"over the {r.workers} workers), which caps the throughput at about one core")
         for line in r.server_problems[:MAX_EXAMPLES]:
             out.append(f"- server log, round {i + 1}: `{line[:300]}`")
     return "\n".join(out)
@@ -978,7 +1010,9 @@ def report(rounds: list[Round], args, facts: dict[str, str], command: str, start
              f"throughput counts 2xx answers only. "
              f"**The load generator shares the {os.cpu_count()} cores with the server**: the last column shows "
              f"how many cores each used on average (server = gunicorn master and workers, client = this "
-             f"script or wrk, other = the rest of the machine, from /proc/stat).",
+             f"script or wrk, other = the rest of the machine, from /proc/stat). Before each phase the script waits up to "
+             f"{args.wait_idle:g} s for other processes to use less than 0.3 cores, and a read measurement "
+             f"disturbed by them is taken again (up to {args.read_attempts} times, the least disturbed kept).",
              "",
              markdown_table(rounds, args),
              "",
@@ -989,7 +1023,7 @@ def report(rounds: list[Round], args, facts: dict[str, str], command: str, start
              verdict(rounds)]
     failures = failures_text(rounds)
     if failures:
-        parts += ["", "Errors seen:", "", failures]
+        parts += ["", "Errors and anomalies seen:", "", failures]
     return "\n".join(parts) + "\n"
 
 

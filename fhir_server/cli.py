@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", help=f"sqlite:///PATH or mongodb://... (default $FHIR_SERVER_STORE or "
                                        f"{DEFAULT_STORE})")
     serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    serve.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    serve.add_argument("--threads", type=int, default=2,
+                       help="threads per worker (default 2: more adds tail latency on 2 cores, docs/benchmarks.md)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log every HTTP request to stdout (off by default: it costs ~0.2 ms per request)")
     serve.add_argument("--base-url", help="public base URL of the API, e.g. https://host/fhir")
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="serve without authentication (development only; loopback hosts only)")
@@ -91,7 +94,8 @@ def serve(args: argparse.Namespace) -> int:
             self.cfg.set("threads", args.threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("keepalive", 5)
-            self.cfg.set("accesslog", "-")
+            if args.access_log:
+                self.cfg.set("accesslog", "-")
             self.cfg.set("max_requests", 100_000)
             self.cfg.set("max_requests_jitter", 1000)
 
