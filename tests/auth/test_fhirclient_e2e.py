@@ -66,8 +66,20 @@ def smart_client(base: str, client_id: str):
     return fhirclient.FHIRClient(state=state)
 
 
-def test_standalone_launch_with_fhirclient(live_server):
+def seed(store, engine) -> None:
+    """Two patients with one result each, written by an unauthenticated app on the same store."""
+    loader = create_app(Settings(insecure_no_auth=True), store=store, engine=engine).test_client()
+    for pid, family in (("p1", "Martin"), ("p2", "Durand")):
+        loader.put(f"/fhir/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "name": [{"family": family}]})
+        loader.put(f"/fhir/Observation/o{pid[1]}", json={
+            "resourceType": "Observation", "id": f"o{pid[1]}", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
+            "subject": {"reference": f"Patient/{pid}"}, "valueQuantity": {"value": 4.1, "unit": "mmol/L"}})
+
+
+def test_standalone_launch_with_fhirclient(live_server, engine):
     base, app, outbox = live_server
+    seed(app.extensions["fhir"].store, engine)
     smart = app.extensions["smart_auth"]
     add_user(smart.store, username="alice", password="correct horse battery", role="patient", now=time.time(),
              email="alice@example.org", fhir_user="Patient/p1")
@@ -106,6 +118,16 @@ def test_standalone_launch_with_fhirclient(live_server):
     info = requests.post(f"{base}/auth/introspect", data={"token": access_token, "client_id": record["client_id"]},
                          timeout=10).json()
     assert info["active"] is True and info["patient"] == "p1" and info["scope"] == context["scope"]
+
+    # then reads, with fhirclient's own models: the patient's record, and nothing of another patient
+    from fhirclient.models.observation import Observation
+    from fhirclient.models.patient import Patient
+    assert Patient.read("p1", client.server).name[0].family == "Martin"
+    mine = list(Observation.where({"patient": "p1"}).perform_resources_iter(client.server))
+    assert [o.id for o in mine] == ["o1"]
+    assert [o.id for o in Observation.where({"code": "2823-3"}).perform_resources_iter(client.server)] == ["o1"]
+    with pytest.raises(Exception, match="404"):
+        Patient.read("p2", client.server)
 
     # and the refresh token works through fhirclient too, keeping the patient
     assert client.reauthorize()
