@@ -883,7 +883,7 @@ def machine_facts(args, workdir: Path, wrk: str | None) -> dict[str, str]:
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "server": f"gunicorn {gunicorn.__version__} gthread -w {args.workers} --threads {args.threads}, "
-                  f"SQLite WAL synchronous={args.synchronous} on {fs}, access log on",
+                  f"SQLite WAL synchronous={args.synchronous} on {fs}, access log off (the serve default)",
         "wrk": wrk_version or "not installed",
     }
 
@@ -1054,7 +1054,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=8, help="concurrent keep-alive connections")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (each with a fresh server and store)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each read measurement")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured reads before")
     parser.add_argument("--max-reads", type=int, default=500_000, help="upper bound on reads per measurement")
