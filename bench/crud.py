@@ -35,7 +35,6 @@ import resource
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import free_port, machine_busy_seconds, own_cpu_seconds  # noqa: E402  (bench/harness.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -401,13 +403,6 @@ def server_cpu_by_pid(pgid: int) -> dict[int, float]:
     return out
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores of the machine spent busy since boot (/proc/stat), to see other load."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
     """Wait (at most ``max_wait`` s) until the rest of the machine uses < ``threshold`` cores; return that load."""
     deadline = time.monotonic() + max_wait
@@ -419,11 +414,6 @@ def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
             return load
         print(f"  waiting for the machine to be quiet: other processes use {load:.2f} cores", file=sys.stderr)
         time.sleep(2.0)
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_phase(name: str, port: int, pgid: int, clients: int, *, jobs: list[Request] | None = None,
@@ -600,12 +590,6 @@ def run_wrk(wrk: str, port: int, pgid: int, clients: int, threads: int, duration
 
 
 # -- the server -------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """``fhir-server serve`` in its own process group, on loopback, with a fresh SQLite store."""
 

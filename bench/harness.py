@@ -10,6 +10,7 @@ import datetime as dt
 import math
 import os
 import platform
+import resource
 import signal
 import socket
 import sqlite3
@@ -141,3 +142,15 @@ def write_section(section: str, text: str) -> None:
         new = "".join(lines[:start]) + text + ("\n" if end < len(lines) else "") + "".join(lines[end:])
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(new.rstrip("\n") + "\n")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat): to see what else ran."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -39,7 +39,6 @@ import datetime as dt
 import json
 import os
 import random
-import resource
 import shlex
 import sqlite3
 import statistics
@@ -53,8 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import generate as gen  # noqa: E402  (bench/generate.py, next to this file)
-from harness import (DOC, FHIR_JSON, HOST, ROOT, Server, loadavg, machine_facts, nearest_rank,  # noqa: E402,F401
-                     write_section as write_doc_section)
+from harness import (DOC, FHIR_JSON, HOST, ROOT, Server, loadavg, machine_busy_seconds,  # noqa: E402,F401
+                     machine_facts, nearest_rank, own_cpu_seconds, write_section as write_doc_section)
 
 SECTION = "## Search at scale (issue: search)"
 REQUEST_TIMEOUT = 120.0
@@ -67,13 +66,6 @@ COMMON_CODES = ["8867-4", "85354-9", "29463-7", "718-7", "2345-7"]  # the most f
 
 
 # -- machine facts ------------------------------------------------------------------------------
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (/proc/stat): to see what else ran."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def group_cpu_seconds(pgid: int) -> float:
     """User+system CPU seconds of the live processes of one process group (the server's)."""
     tick, total = os.sysconf("SC_CLK_TCK"), 0
@@ -88,11 +80,6 @@ def group_cpu_seconds(pgid: int) -> float:
         if int(fields[2]) == pgid:
             total += int(fields[11]) + int(fields[12])
     return total / tick
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # -- phase 1: load ------------------------------------------------------------------------------------
