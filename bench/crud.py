@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, machine_busy_seconds, own_cpu_seconds  # noqa: E402  (bench/harness.py)
+from harness import free_port, group_cpu_by_pid, machine_busy_seconds, own_cpu_seconds  # noqa: E402  (bench/harness.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -376,7 +376,7 @@ class Connection:
 
 def server_cpu_seconds(pgid: int) -> float:
     """User+system CPU seconds of every live process in the server's process group."""
-    return sum(server_cpu_by_pid(pgid).values())
+    return sum(group_cpu_by_pid(pgid).values())
 
 
 def worker_share(pgid: int, before: dict[int, float], after: dict[int, float]) -> float:
@@ -384,23 +384,6 @@ def worker_share(pgid: int, before: dict[int, float], after: dict[int, float]) -
     used = {pid: after[pid] - before.get(pid, 0.0) for pid in after if pid != pgid}
     total = sum(used.values())
     return max(used.values()) / total if total > 0 else 0.0
-
-
-def server_cpu_by_pid(pgid: int) -> dict[int, float]:
-    """{pid: user+system CPU seconds} of the live processes in the server's process group."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid:  # fields[0] is field 3 (state): pgrp is field 5
-            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15)
-    return out
 
 
 def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
@@ -486,7 +469,7 @@ def run_phase(name: str, port: int, pgid: int, clients: int, *, jobs: list[Reque
     threads = [threading.Thread(target=worker, name=f"{name}-{i}", daemon=True) for i in range(clients)]
     for thread in threads:
         thread.start()
-    pids0 = server_cpu_by_pid(pgid)
+    pids0 = group_cpu_by_pid(pgid)
     busy0, server0, client0 = machine_busy_seconds(), sum(pids0.values()), own_cpu_seconds()
     wall0 = time.perf_counter()
     deadline_box[0] = wall0 + (duration if duration is not None else timeout)
@@ -497,7 +480,7 @@ def run_phase(name: str, port: int, pgid: int, clients: int, *, jobs: list[Reque
         stop.set()
         raise RuntimeError(f"{name}: clients still running after the time limit")
     result.elapsed = time.perf_counter() - wall0
-    pids1 = server_cpu_by_pid(pgid)
+    pids1 = group_cpu_by_pid(pgid)
     result.server_cpu = sum(pids1.values()) - server0
     result.worker_share = worker_share(pgid, pids0, pids1)
     result.client_cpu = own_cpu_seconds() - client0
@@ -555,11 +538,11 @@ def run_wrk(wrk: str, port: int, pgid: int, clients: int, threads: int, duration
     cmd = [wrk, f"-t{threads}", f"-c{clients}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
            "-s", str(script), f"http://{HOST}:{port}/", "--", str(paths_file), str(seed)]
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    pids0 = server_cpu_by_pid(pgid)
+    pids0 = group_cpu_by_pid(pgid)
     busy0, server0, wall0 = machine_busy_seconds(), sum(pids0.values()), time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     result.elapsed = time.perf_counter() - wall0
-    pids1 = server_cpu_by_pid(pgid)
+    pids1 = group_cpu_by_pid(pgid)
     result.server_cpu = sum(pids1.values()) - server0
     result.worker_share = worker_share(pgid, pids0, pids1)
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)

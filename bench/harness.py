@@ -154,3 +154,25 @@ def machine_busy_seconds() -> float:
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def group_cpu_by_pid(pgid: int) -> dict[int, float]:
+    """{pid: user+system CPU seconds} of the live processes in the server's process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid:  # fields[0] is field 3 (state): pgrp is field 5
+            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15)
+    return out
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User+system CPU seconds of the live processes of one process group (the server's)."""
+    return sum(group_cpu_by_pid(pgid).values())

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import random
 import shlex
 import sqlite3
@@ -52,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import generate as gen  # noqa: E402  (bench/generate.py, next to this file)
-from harness import (DOC, FHIR_JSON, HOST, ROOT, Server, loadavg, machine_busy_seconds,  # noqa: E402,F401
+from harness import (DOC, FHIR_JSON, HOST, ROOT, Server, group_cpu_seconds, loadavg, machine_busy_seconds,  # noqa: E402,F401
                      machine_facts, nearest_rank, own_cpu_seconds, write_section as write_doc_section)
 
 SECTION = "## Search at scale (issue: search)"
@@ -63,23 +62,6 @@ TARGET_LOAD_RATE = 1000.0  # resources/s
 SELECTIVE_HITS = 100
 INS = gen.INS_NIR
 COMMON_CODES = ["8867-4", "85354-9", "29463-7", "718-7", "2345-7"]  # the most frequent LOINC codes of the set
-
-
-# -- machine facts ------------------------------------------------------------------------------
-def group_cpu_seconds(pgid: int) -> float:
-    """User+system CPU seconds of the live processes of one process group (the server's)."""
-    tick, total = os.sysconf("SC_CLK_TCK"), 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
 
 
 # -- phase 1: load ------------------------------------------------------------------------------------

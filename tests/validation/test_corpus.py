@@ -114,7 +114,7 @@ def test_case_verdict_matches_the_reference_validator(case):
 
 def test_pass_rate(capsys):
     if not MANIFEST.is_file():
-        pytest.skip(f"validator test cases not found at {CORPUS}")
+        pytest.skip(reason=f"validator test cases not found at {CORPUS}")
     cases = json.loads(MANIFEST.read_text())["summary"]
     checked = [c for c in cases if not skip_reason(c)]
     passed = [c for c in checked if verdict(c)[0] == c["expected_valid"]]

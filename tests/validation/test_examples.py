@@ -67,7 +67,7 @@ def _corpus_files() -> list:
 def test_every_official_example_of_a_served_type_is_valid(validator, path):
     resource = jsonio.loads(path.read_bytes())
     if resource.get("resourceType") not in SERVED:
-        pytest.skip(f"{path.name} holds a {resource.get('resourceType')}, not a served type")
+        pytest.skip(reason=f"{path.name} holds a {resource.get('resourceType')}, not a served type")
     if path.name in KNOWN_INVALID:
         assert errors(validator, resource), f"{path.name} is listed as invalid but validates"
         return

@@ -572,7 +572,7 @@ def test_official_examples_of_every_type_pass_base_validation(validator):
     served ones are also covered by test_examples.py with the plain StructureValidator)."""
     corpus = REPO.parent / "shared" / "data" / "r4-spec-examples"
     if not corpus.is_dir():
-        pytest.skip(f"official example corpus not found at {corpus}")
+        pytest.skip(reason=f"official example corpus not found at {corpus}")
     known_invalid = {
         "Observation-clinical-gender.json": "performer references an Encounter (not an allowed target)",
         "MedicationRequest-medrx0301.json": "dispenseRequest.performer references a Practitioner; R4 allows an "
