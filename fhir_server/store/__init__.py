@@ -1,10 +1,10 @@
 """Storage backends behind one interface: SQLite (embedded default) and MongoDB."""
 from __future__ import annotations
 
-from fhir_server.store.base import (AlreadyExists, HistoryEntry, HistoryPage, PageExpired, SearchPage, Store,
+from fhir_server.store.base import (AlreadyExists, HistoryPage, PageExpired, SearchPage, Store,
                                     StoredResource, VersionConflict)
 
-__all__ = ["AlreadyExists", "HistoryEntry", "HistoryPage", "PageExpired", "SearchPage", "Store", "StoredResource", "VersionConflict",
+__all__ = ["AlreadyExists", "HistoryPage", "PageExpired", "SearchPage", "Store", "StoredResource", "VersionConflict",
            "open_store"]
 
 

@@ -45,11 +45,6 @@ class StoredResource:
 
 
 @dataclass(frozen=True)
-class HistoryEntry:
-    resource: StoredResource
-
-
-@dataclass(frozen=True)
 class HistoryPage:
     entries: list[StoredResource]
     next_cursor: str | None  # opaque; None on the last page
