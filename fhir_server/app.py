@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 from flask import Flask
 
@@ -22,10 +23,14 @@ from fhir_server.services.search import SearchService
 from fhir_server.services.search_parameters import SearchParameterService
 from fhir_server.settings import Settings
 from fhir_server.store import Store, open_store
+from fhir_server.store.base import StoredResource
 from fhir_server.validation.enforcement import ProfileEnforcer
 from fhir_server.validation.profiles import ProfileRegistry
 from fhir_server.validation.structure import StructureValidator
 from fhir_server.validation.validator import Validator
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,8 +72,12 @@ class FHIRServer:
     bundles: BundleService = field(init=False)
     search_parameters: SearchParameterService = field(init=False)
     bulk: BulkExports = field(init=False)
+    write_listeners: list[Callable[[StoredResource], None]] = field(init=False)
 
     def __post_init__(self) -> None:
+        # called after each committed write, in order (ResourceService.on_write): the custom search
+        # parameters first, then whatever features subscribe with add_write_listener()
+        self.write_listeners = []
         self.search_parameters = SearchParameterService(self.engine, self.store)
         self.engine = engine = self.search_parameters.engine
         served = frozenset(engine.definitions.served)
@@ -77,7 +86,7 @@ class FHIRServer:
         profiles = (ProfileEnforcer(engine.profiles, engine.definitions, self.settings.profile_mode)
                     if engine.profiles is not None else None)
         self.resources = ResourceService(engine.definitions, self.store, engine.validator, engine.indexer,
-                                         self.parser, self.gate, on_write=self.search_parameters.on_write,
+                                         self.parser, self.gate, on_write=self._written,
                                          profiles=profiles)
         self.search = SearchService(self.store, self.parser, engine.indexer, self.gate, served)
         self.operations = OperationService(engine.definitions, self.store, self.resources, self.search,
@@ -85,7 +94,19 @@ class FHIRServer:
         self.bundles = BundleService(self.resources, self.search, self.parser, engine.definitions, engine.renderer)
         self.bulk = BulkExports(self)  # job store in the store's database, exporter, worker (not started)
         self._capability: tuple[int, dict] | None = None  # (registry version, statement)
+        self.write_listeners.append(self.search_parameters.on_write)
         self.search_parameters.load()
+
+    def add_write_listener(self, listener: Callable[[StoredResource], None]) -> None:
+        """Call ``listener`` with every version written through the services, after its commit."""
+        self.write_listeners.append(listener)
+
+    def _written(self, stored: StoredResource) -> None:
+        for listener in self.write_listeners:
+            try:
+                listener(stored)
+            except Exception:  # one feature's failure must not starve the others of the event
+                log.exception("write listener %r failed for %s/%s", listener, stored.type, stored.id)
 
     @property
     def definitions(self) -> Definitions:

@@ -30,6 +30,7 @@ class Principal:
     fhir_user: str | None = None  # Patient/x, Practitioner/x, RelatedPerson/x
     client_id: str | None = None
     role: str | None = None  # patient | practitioner | related-person | admin | system
+    purpose: str | None = None  # purpose of use for traces: TREAT by default, BTG / CENTRE_REGULATION in emergencies
 
 
 def id_clause(ids: Iterable[str]) -> Clause:
