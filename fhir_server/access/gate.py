@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from fhir_server.model.outcome import FHIRError
 from fhir_server.search.query import AnyOf, Chain, Clause, HasClause, Query, TokenValue
@@ -44,9 +44,32 @@ NOTHING = id_clause(())  # a clause no resource matches
 ANONYMOUS = Principal("anonymous")
 
 
+StandingRule = Callable[[str, str], list]  # (resource type, interaction) -> clauses every principal is held to
+
+READ_INTERACTIONS = frozenset({"read", "vread", "history-instance", "search", "history", "history-type",
+                               "history-system", "everything", "export"})
+
+
 class AccessGate(abc.ABC):
+    #: rules that hold for every principal, whatever the gate (e.g. the care history's 24-month window):
+    #: their clauses are ANDed into what any principal can find or read of a type
+    standing_rules: tuple[StandingRule, ...] = ()
+
     def attach(self, server: Any) -> None:
         """Called once by the FHIRServer being built on this gate (definitions, search parser)."""
+
+    def add_standing_rule(self, rule: StandingRule) -> None:
+        """Hold every principal to ``rule(rtype, interaction)`` when finding or reading resources."""
+        self.standing_rules = (*self.standing_rules, rule)
+
+    def standing_limits(self, rtype: str | None, interaction: str) -> list:
+        """The clauses of the standing rules for ``rtype`` (none for writes, or for no type)."""
+        if rtype is None or interaction not in READ_INTERACTIONS:
+            return []
+        out: list = []
+        for rule in self.standing_rules:
+            out.extend(c for c in rule(rtype, interaction) if c not in out)
+        return out
 
     @abc.abstractmethod
     def principal(self, authorization: str | None) -> Principal:
@@ -68,7 +91,7 @@ class AccessGate(abc.ABC):
         none for writes (``constrain`` limits what the principal can *find*)."""
         if interaction in ("create", "update", "patch", "delete"):
             return []
-        return self.constrain(principal, rtype)
+        return [*self.constrain(principal, rtype), *self.standing_limits(rtype, interaction)]
 
     def constrained(self, principal: Principal, query: Query, served: Iterable[str] = (),
                     interaction: str = "search") -> Query:

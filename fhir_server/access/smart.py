@@ -216,10 +216,14 @@ class SmartGate(AccessGate):
         return self.limits(principal, rtype, "search")
 
     def limits(self, principal: Principal, rtype: str | None, interaction: str = "search") -> list:
+        return [*self.token_limits(principal, rtype, interaction), *self.standing_limits(rtype, interaction)]
+
+    def token_limits(self, principal: Principal, rtype: str | None, interaction: str = "search") -> list:
+        """What the token (its scopes, and the record's rules for its user) lets the principal reach."""
         permission = PERMISSION_OF.get(interaction, "s")
         if rtype is None:
             types = sorted(self.server.definitions.served) if self.server is not None else []
-            limits = [self.limits(principal, t, interaction) for t in types]
+            limits = [self.token_limits(principal, t, interaction) for t in types]
             if limits and any(limit != limits[0] for limit in limits):
                 raise FHIRError.of(403, "forbidden", "This access token limits resource types differently; name "
                                    "the resource type to search")

@@ -168,7 +168,7 @@ class SearchService:
         # one query per group of types the gate limits alike (one query when it limits none of them)
         groups: list[tuple[list, list[str]]] = []
         for rtype in allowed:
-            limits = self.gate.constrain(principal, rtype)
+            limits = self.gate.limits(principal, rtype, "search")
             for group_limits, group_types in groups:
                 if group_limits == limits:
                     group_types.append(rtype)
