@@ -80,6 +80,12 @@ class AccessGate(abc.ABC):
                   resource: dict | None = None) -> None:
         """Raise :class:`FHIRError` (403, or 404 where existence must not leak) when refused."""
 
+    def check_write(self, principal: Principal, interaction: str, rtype: str, new: dict | None,
+                    current: Any | None) -> None:
+        """The record's rules on one write, once the current version (``current``, a StoredResource, or
+        None) is known: may raise :class:`FHIRError`, and may add server-managed tags to ``new`` (the
+        version about to be written; None for a delete). Nothing by default."""
+
     def constrain(self, principal: Principal, rtype: str | None) -> list:
         """Extra search clauses that limit what the principal can find; none by default."""
         return []

@@ -304,6 +304,9 @@ class ResourceService:
             except AlreadyExists:
                 raise FHIRError.of(409, "conflict", "Another request is creating a resource matching "
                                    f"'{if_none_exist}'; retry to get its result") from None
+        # the gate's record rules may refuse, and stamp server-managed tags (the author) that are
+        # indexed: any index computed ahead of this point must be recomputed if the resource changed
+        self.gate.check_write(principal, "create", rtype, resource, None)
         stored = self._write(tx, resource, rid or str(uuid.uuid4()), None, "POST")
         self._check_in_reach(tx, principal, "create", rtype, stored.id)
         return WriteResult(stored, True, issues)
@@ -319,6 +322,8 @@ class ResourceService:
         elif not self.visible(principal, "update", rtype, rid, tx):
             raise FHIRError.of(403, "forbidden", f"This access token may not update {rtype}/{rid}")
         self.check_if_match(current, if_match)
+        live = current if current is not None and not current.deleted else None
+        self.gate.check_write(principal, "update" if live else "create", rtype, resource, live)  # see create_in
         if current is not None and not current.deleted and self._unchanged(current, resource):
             return WriteResult(current, False, issues)
         stored = self._write(tx, resource, rid, current, "PUT")
@@ -363,6 +368,7 @@ class ResourceService:
             raise bad_request(f"Malformed JSON Patch: {exc}", code="structure") from None
         issues = self.validate(patched, rtype, rid)
         self.gate.authorize(principal, "patch", rtype, patched)
+        self.gate.check_write(principal, "patch", rtype, patched, current)  # see create_in
         stored = self._write(tx, patched, rid, current, "PATCH")
         self._check_in_reach(tx, principal, "patch", rtype, rid)
         return WriteResult(stored, False, issues)
@@ -382,6 +388,7 @@ class ResourceService:
         current = tx.current(rtype, rid)
         if current is None or current.deleted or not self.visible(principal, "delete", rtype, rid, tx):
             return None  # out of reach: nothing this principal can see to delete, like an unknown id
+        self.gate.check_write(principal, "delete", rtype, None, current)
         marker = StoredResource(rtype, rid, current.version + 1, self.clock(), True, None, "DELETE")
         tx.put(marker, None, expected_version=current.version)
         self._wrote(tx, marker)
