@@ -44,19 +44,13 @@ EXTERNAL_SYSTEMS = {
     "https://smt.esante.gouv.fr/terminologie-ccam", "https://smt.esante.gouv.fr/terminologie-bdpm",
     "https://smt.esante.gouv.fr/terminologie-cip_ucd", "https://smt.esante.gouv.fr/terminologie-atc",
     "https://mos.esante.gouv.fr/NOS/TRE_A10-NomenclatureURN/FHIR/TRE-A10-NomenclatureURN",
+    "https://mos.esante.gouv.fr/NOS/TRE_R13-Commune/FHIR/TRE-R13-Commune",
 }
 R4 = models["r4"]
-# Examples the engine does not (yet) judge as the manifest says, with the reason; each needs a decision
-# (see profiles/README.md, "FR Core 2.1.0 and 2.2", note 1). strict: when one starts passing, remove it here.
-KNOWN_DISAGREEMENTS = {
-    "dmp-patient/valid-fr-core-2.1.0-example.json":
-        "the birth-place INSEE code is in TRE_R13-Commune; the engine checks the extension "
-        "fr-core-address-insee-code against its 2.2 definition (required binding to TRE_R13-CommuneOM) "
-        "whatever dmp-patient says",
-    "dmp-patient/valid-2.1-death-place-string.json":
-        "fr-core-patient-death-place is checked against its 2.2 definition (valueAddress only); FR Core 2.1.0 "
-        "had a valueString under the same URL",
-}
+# Examples the engine does not (yet) judge as the manifest says, with the reason; each needs a decision.
+# strict: when one starts passing, remove it here. (Empty since the FR Core 2.1.0 deathPlace and birth-place INSEE
+# code shapes are accepted by dmp-patient's own slices: profiles/README.md, "FR Core 2.1.0 and 2.2", note 1.)
+KNOWN_DISAGREEMENTS: dict[str, str] = {}
 
 
 def _load(path: Path) -> dict:
