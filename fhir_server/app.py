@@ -96,6 +96,14 @@ class FHIRServer:
         self._capability: tuple[int, dict] | None = None  # (registry version, statement)
         self.write_listeners.append(self.search_parameters.on_write)
         self.search_parameters.load()
+        from fhir_server.subscriptions import SubscriptionService, SubscriptionValidator
+        # R4 Subscriptions (docs/adr/0007-subscriptions.md): checked and activated when written, matched after
+        # each commit, notified from background threads; the ones in effect are loaded from the store
+        self.resources.validator = SubscriptionValidator(self.resources.validator, self)
+        self.operations.validator = SubscriptionValidator(self.operations.validator, self, activate=False)
+        self.subscriptions = SubscriptionService(self)
+        self.add_write_listener(self.subscriptions.on_write)
+        self.subscriptions.load()
 
     def add_write_listener(self, listener: Callable[[StoredResource], None]) -> None:
         """Call ``listener`` with every version written through the services, after its commit."""
