@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS: tuple[float, ...] = (2.0, 8.0, 32.0, 128.0)  # seconds before the 2nd, 3rd... attempt (5 attempts)
 TIMEOUT = 10.0  # seconds per attempt (connect and each read)
 WORKERS = 2  # delivery threads per process
+MAX_PENDING = 10_000  # notifications waiting in one process, at most; more are dropped (logged)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Deliveries:
 
     def __init__(self, on_outcome: Callable[[Outcome], None], still_wanted: Callable[[Notification], bool], *,
                  retry_delays: Sequence[float] = RETRY_DELAYS, timeout: float = TIMEOUT, workers: int = WORKERS,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.monotonic, max_pending: int = MAX_PENDING,
                  sender: Callable[[urllib.request.Request, float], None] = send) -> None:
         self.on_outcome = on_outcome
         self.still_wanted = still_wanted
@@ -113,6 +114,8 @@ class Deliveries:
         self.workers = workers
         self.clock = clock
         self.sender = sender
+        self.max_pending = max_pending
+        self.dropped = 0  # notifications dropped because too many were waiting
         self._due: list[tuple[float, int, int, Notification]] = []  # (when, sequence, attempt, notification)
         self._sequence = itertools.count()
         self._condition = threading.Condition()
@@ -123,6 +126,11 @@ class Deliveries:
     def submit(self, notification: Notification) -> None:
         with self._condition:
             if self._stopped:
+                return
+            if len(self._due) >= self.max_pending:
+                self.dropped += 1
+                log.warning("Subscription/%s: %s dropped: %d notifications are already waiting (endpoints down?)",
+                            notification.subscription.id, notification.describe(), len(self._due))
                 return
             self._push(self.clock(), 1, notification)
             if not self._threads:

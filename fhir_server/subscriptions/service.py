@@ -215,6 +215,8 @@ class SubscriptionService:
             if current is not None and current.status == "error":
                 self._set_status(current, "active", None)
             return
+        if current is not None and current.status == "error":
+            return  # already in error: its first failure stays recorded (no new version per failed notification)
         when = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
         self._set_status(sub, "error", f"{when}: the notification of {outcome.notification.describe()} to "
                          f"{sub.endpoint} failed after {outcome.attempts} attempts: {outcome.error}")

@@ -213,6 +213,11 @@ def test_failures_are_retried_then_the_subscription_is_in_error_with_the_reason(
     assert body["meta"]["versionId"] == "2"  # the server's own version
     assert {"system": OWNER_SYSTEM, "code": "anonymous"} in body["meta"]["tag"]
 
+    post(client, observation())  # still failing: tried again, no new version per failed notification
+    settle(server)
+    assert len(receiver.requests) == 8
+    assert client.get(f"/fhir/Subscription/{sub['id']}").get_json()["meta"]["versionId"] == "2"
+
     receiver.always = None  # the endpoint is back: the next notification succeeds and clears the error
     post(client, observation())
     settle(server)
