@@ -15,7 +15,10 @@ V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 LAUNCH_SCOPES = ("launch", "launch/patient")
 IDENTITY_SCOPES = ("openid", "fhirUser")
 REFRESH_SCOPES = ("offline_access", "online_access")
-SPECIAL = LAUNCH_SCOPES + IDENTITY_SCOPES + REFRESH_SCOPES
+# a professional's app asks for these to open a record in an emergency (fhir_server/policy/emergency.py);
+# the resource server honours them for practitioner accounts only
+EMERGENCY_SCOPES = ("emergency-access", "emergency-regulation")
+SPECIAL = LAUNCH_SCOPES + IDENTITY_SCOPES + REFRESH_SCOPES + EMERGENCY_SCOPES
 
 # what discovery lists in scopes_supported (clinical scopes are open-ended: these are the wildcards)
 SUPPORTED = list(SPECIAL) + [

@@ -182,6 +182,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.register_blueprint(operations_api, url_prefix="/fhir")
     from fhir_server.http.bulk_api import bulk_api
     app.register_blueprint(bulk_api, url_prefix="/fhir")
+    from fhir_server import policy  # the record's rules: $emergency-access, notifications (issue #7)
+    policy.install(app, server)
     import auth  # the SMART authorization server: /auth/..., /fhir/.well-known/smart-configuration
     auth.init_app(app, server)
     app.url_map.strict_slashes = False

@@ -31,6 +31,7 @@ class Principal:
     client_id: str | None = None
     role: str | None = None  # patient | practitioner | related-person | admin | system
     purpose: str | None = None  # purpose of use for traces: TREAT by default, BTG / CENTRE_REGULATION in emergencies
+    relations: Any = None  # what the record's rules found about this user (fhir_server.policy), hashable
 
 
 def id_clause(ids: Iterable[str]) -> Clause:
@@ -81,10 +82,12 @@ class AccessGate(abc.ABC):
         """Raise :class:`FHIRError` (403, or 404 where existence must not leak) when refused."""
 
     def check_write(self, principal: Principal, interaction: str, rtype: str, new: dict | None,
-                    current: Any | None) -> None:
-        """The record's rules on one write, once the current version (``current``, a StoredResource, or
-        None) is known: may raise :class:`FHIRError`, and may add server-managed tags to ``new`` (the
-        version about to be written; None for a delete). Nothing by default."""
+                    current: Any | None, tx: Any = None) -> bool:
+        """The record's rules on one write, inside its transaction ``tx``, once the current version
+        (``current``, a StoredResource, or None) is known: may raise :class:`FHIRError`, and may add
+        server-managed tags to ``new`` (the version about to be written; None for a delete). Returns
+        whether it changed ``new`` (its index must then be recomputed). Nothing by default."""
+        return False
 
     def constrain(self, principal: Principal, rtype: str | None) -> list:
         """Extra search clauses that limit what the principal can find; none by default."""

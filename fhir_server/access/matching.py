@@ -3,7 +3,7 @@
 The search index only holds current versions, so an old version (vread, instance history) is
 checked here against the clauses of ``AccessGate.constrain``, from the version's own index
 entries. Only the clause shapes access limits are made of are understood: ``_id``, plain token
-and reference clauses, and ``AnyOf`` of them; anything else does not match (deny by default), so
+(and ``:not``) and reference clauses, and ``AnyOf`` of them; anything else does not match (deny by default), so
 an old version under an unusual granular scope is withheld rather than shown wrongly.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_server.search.entries import IndexEntries
-from fhir_server.search.query import AnyOf, Clause, ReferenceValue, TokenValue
+from fhir_server.search.query import AnyOf, Clause, RangeValue, ReferenceValue, TokenValue
 
 
 def matches(clauses: list, rid: str, index: IndexEntries) -> bool:
@@ -27,6 +27,9 @@ def _clause(clause: Any, rid: str, index: IndexEntries) -> bool:
     if clause.param == "_id" and clause.modifier in (None, "not"):
         found = any(isinstance(v, TokenValue) and v.code == rid for v in clause.values)
         return found != (clause.modifier == "not")
+    if clause.modifier == "not" and clause.type == "token":  # R4: no value matches (absent counts too)
+        entries = [e for e in index.tokens if e.param == clause.param]
+        return not any(_token(v, e) for v in clause.values for e in entries)
     if clause.modifier is not None:
         return False
     if clause.type == "reference":
@@ -35,7 +38,22 @@ def _clause(clause: Any, rid: str, index: IndexEntries) -> bool:
     if clause.type == "token":
         entries = [e for e in index.tokens if e.param == clause.param]
         return any(_token(v, e) for v in clause.values for e in entries)
+    if clause.type == "date":  # standing rules: the care history's window (service-date=ge...)
+        entries = [e for e in index.dates if e.param == clause.param]
+        return any(_date(v, e) for v in clause.values for e in entries)
     return False
+
+
+def _date(value: Any, entry: Any) -> bool:
+    """The R4 prefixes on a stored date range, as the stores compile them (``range_condition``)."""
+    if not isinstance(value, RangeValue):
+        return False
+    low, high, prefix = value.low, value.high, value.prefix
+    return {"eq": lambda: entry.low >= low and entry.high <= high,
+            "ne": lambda: not (entry.low >= low and entry.high <= high),
+            "gt": lambda: entry.high > high, "lt": lambda: entry.low < low,
+            "ge": lambda: entry.high >= low, "le": lambda: entry.low <= high,
+            "sa": lambda: entry.low > high, "eb": lambda: entry.high < low}.get(prefix, lambda: False)()
 
 
 def _reference(value: Any, entry: Any) -> bool:

@@ -229,7 +229,8 @@ class SmartGate(AccessGate):
                                    "the resource type to search")
             return limits[0] if limits else [NOTHING]
         version = getattr(getattr(getattr(self.server, "engine", None), "registry", None), "version", 0)
-        key = (principal.scopes, principal.patient, principal.role, principal.fhir_user, rtype, permission, version)
+        key = (principal.scopes, principal.patient, principal.role, principal.fhir_user, principal.relations, rtype,
+               permission, version)
         limit = self._limits.get(key)
         if limit is None:
             limit = self._compute(principal, rtype, permission)
@@ -349,7 +350,12 @@ def build_gate(settings: Any, key_source: KeySource, is_revoked: Callable[[str],
         configured = issuer or getattr(settings, "auth_issuer", None)
         return configured.rstrip("/") if configured else _server_root(fhir_base()) + "/auth"
 
-    return SmartGate(TokenVerifier(key_source, audience=fhir_base, issuer=expected_issuer, is_revoked=is_revoked))
+    from fhir_server.policy.gate import RecordGate  # the record's rules narrow the SMART gate (issue #7)
+    from fhir_server.policy.relations import RecordPolicy
+    policy = RecordPolicy(**{name: getattr(settings, name) for name in RecordPolicy.__dataclass_fields__
+                             if getattr(settings, name, None) is not None})
+    verifier = TokenVerifier(key_source, audience=fhir_base, issuer=expected_issuer, is_revoked=is_revoked)
+    return RecordGate(verifier, policy, clock=getattr(settings, "clock", None))
 
 
 def scopes_of(principal: Principal) -> Iterable[Scope]:

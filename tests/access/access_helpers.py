@@ -26,7 +26,7 @@ def sign(key: RSAKey, claims: dict, typ: str = "at+jwt", kid: str | None = None)
 def claims_for(scope: str, patient: str | None = None, **extra) -> dict:
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": BASE, "sub": "account-1", "exp": now + 3600, "iat": now,
-              "jti": uuid.uuid4().hex, "client_id": "app-1", "scope": scope, "role": "practitioner"}
+              "jti": uuid.uuid4().hex, "client_id": "app-1", "scope": scope, "role": "admin"}
     if patient is not None:
         claims.update(patient=patient, role="patient", fhirUser=f"Patient/{patient}")
     claims.update(extra)
@@ -62,9 +62,23 @@ def observation(oid: str, patient: str, category: dict, **extra) -> dict:
     return body
 
 
+def creation_consent(patient: str, cid: str | None = None, status: str = "active") -> dict:
+    """The consent that opens a patient's record (issue #7 rule 2)."""
+    return {"resourceType": "Consent", "id": cid or f"creation-{patient}", "status": status,
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "https://dmp.example.org/fhir/CodeSystem/dmp-consent-kind",
+                                      "code": "CREATION_DMP"}]}],
+            "patient": {"reference": f"Patient/{patient}"}, "dateTime": "2026-01-05T10:00:00+01:00",
+            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentpolicycodes",
+                                       "code": "cric"}]}}
+
+
 RECORD = [
     {"resourceType": "Patient", "id": "pa", "name": [{"family": "Alpha"}]},
     {"resourceType": "Patient", "id": "pb", "name": [{"family": "Bravo"}]},
+    creation_consent("pa"),
+    creation_consent("pb"),
     {"resourceType": "Practitioner", "id": "dr1", "name": [{"family": "House"}]},
     observation("ob1", "pb", LAB, performer=[{"reference": "Practitioner/dr1"}]),
     # B's observation about A (focus): not in A's compartment, must not show through A's _has

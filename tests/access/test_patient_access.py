@@ -93,7 +93,8 @@ def test_compartment_and_everything_of_b_are_not_found(record, a):
     assert record.get("/fhir/Patient/pb/Observation", a).status_code == 404
     assert record.get("/fhir/Patient/pb/$everything", a).status_code == 404
     mine = record.get("/fhir/Patient/pa/$everything", a).get_json()
-    assert ids(mine) == {"Patient/pa", "Observation/oa1", "Observation/oa2", "Condition/ca1", "Practitioner/dr1"}
+    assert ids(mine) == {"Patient/pa", "Observation/oa1", "Observation/oa2", "Condition/ca1", "Practitioner/dr1",
+                         "Consent/creation-pa"}
     assert ids(record.get("/fhir/Patient/$everything", a).get_json()) == ids(mine)
     assert ids(record.get("/fhir/Patient/pa/Observation", a).get_json()) == {"Observation/oa1", "Observation/oa2"}
 

@@ -1,0 +1,353 @@
+"""The record's access rules (issue #7), played end to end through the REST API with real tokens.
+
+Cast: patient A (``pa``, adult, treating doctor ``gp``), minor M (``pm``, represented by ``rp``),
+professionals ``drA`` (authorised by A), ``drB`` (not authorised), ``drX`` (authorised, then blocked),
+``drE`` (emergency doctor), ``gp`` (treating doctor of A and M). A fake clock drives time.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from access_helpers import BASE, LAB, Smart, admin_headers, creation_consent, observation
+from joserfc.jwk import RSAKey
+
+from fhir_server.access.smart import build_gate
+from fhir_server.app import create_app
+from fhir_server.settings import Settings
+
+KIND = "https://dmp.example.org/fhir/CodeSystem/dmp-consent-kind"
+VIS = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"
+AUTHOR = "https://dmp.example.org/fhir/CodeSystem/dmp-author"
+PATCH = "application/json-patch+json"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += dt.timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def dmp(store, engine, signing_key: RSAKey, tmp_path, clock) -> Smart:
+    settings = Settings(base_url=BASE, max_body_bytes=1_000_000, otp_outbox=str(tmp_path / "outbox"), clock=clock)
+    jwks = {"keys": [signing_key.as_dict(private=False)]}
+    app = create_app(settings, store=store, gate=build_gate(settings, lambda: jwks), engine=engine)
+    smart = Smart(app.test_client(), signing_key)
+    smart.outbox = tmp_path / "outbox"
+    system = admin_headers(smart)
+    for resource in [
+        patient("pa", "1980-04-12", "pa@example.org"), patient("pm", "2015-06-01", "pm-parent@example.org"),
+        creation_consent("pa"), creation_consent("pm"),
+        *(practitioner(p) for p in ("gp", "drA", "drB", "drX", "drE")),
+        {"resourceType": "RelatedPerson", "id": "rp", "patient": {"reference": "Patient/pm"}, "active": True},
+        consent(AUTHORISATION, "pa", "Practitioner/drA"), consent(AUTHORISATION, "pa", "Practitioner/drX"),
+    ]:
+        response = smart.send("PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource, system)
+        assert response.status_code in (200, 201), response.get_json()
+    return smart
+
+
+AUTHORISATION, BLOCK, CREATION = "AUTORISATION_ACCES", "BLOCAGE_PS", "CREATION_DMP"
+
+
+def patient(pid: str, birth: str, email: str) -> dict:
+    return {"resourceType": "Patient", "id": pid, "name": [{"family": pid.upper()}], "birthDate": birth,
+            "telecom": [{"system": "email", "value": email}],
+            "generalPractitioner": [{"reference": "Practitioner/gp"}]}
+
+
+def practitioner(pid: str) -> dict:
+    return {"resourceType": "Practitioner", "id": pid, "name": [{"family": pid}],
+            "telecom": [{"system": "email", "value": f"{pid}@example.org"}]}
+
+
+def consent(kind: str, pid: str, actor: str | None = None, cid: str | None = None) -> dict:
+    body = creation_consent(pid, cid or f"{kind.lower().replace('_', '-')}-{pid}-{(actor or 'x').split('/')[-1]}")
+    body["category"] = [{"coding": [{"system": KIND, "code": kind}]}]
+    if actor:
+        body["provision"] = {"type": "deny" if kind == BLOCK else "permit", "actor": [{
+            "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                 "code": "IRCP"}]}, "reference": {"reference": actor}}]}
+    return body
+
+
+def allergy(aid: str, pid: str, text: str) -> dict:
+    return {"resourceType": "AllergyIntolerance", "id": aid, "patient": {"reference": f"Patient/{pid}"},
+            "code": {"text": text}, "clinicalStatus": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}]}}
+
+
+def pro(dmp: Smart, who: str, scope: str = "user/*.cruds") -> dict:
+    return dmp.auth(scope, role="practitioner", fhirUser=f"Practitioner/{who}", sub=who)
+
+
+def holder(dmp: Smart, pid: str = "pa") -> dict:
+    return dmp.auth("patient/*.cruds", pid)
+
+
+def representative(dmp: Smart, pid: str = "pm") -> dict:
+    return dmp.auth("patient/*.cruds", pid, role="related-person", fhirUser="RelatedPerson/rp", sub="rp")
+
+
+def found(dmp: Smart, path: str, headers: dict, rtype: str = "Observation") -> set[str]:
+    response = dmp.get(path, headers)
+    assert response.status_code == 200, response.get_json()
+    return {e["resource"]["id"] for e in response.get_json().get("entry", [])
+            if e.get("resource", {}).get("resourceType") == rtype}
+
+
+def write(dmp: Smart, headers: dict, resource: dict, expected: int = 201) -> dict:
+    response = dmp.send("PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource, headers)
+    assert response.status_code == expected, response.get_json()
+    return response.get_json()
+
+
+def label(dmp: Smart, headers: dict, path: str, op: str, code: str | None = None) -> int:
+    operation = [{"op": "add", "path": "/meta/security", "value": [{"system": VIS, "code": code}]}] if op == "add" \
+        else [{"op": "remove", "path": "/meta/security"}]
+    return dmp.send("PATCH", path, operation, headers, content_type=PATCH).status_code
+
+
+def messages(dmp: Smart) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(dmp.outbox.glob("*.json"))] if dmp.outbox.exists() else []
+
+
+# -- authorisations and blocks (rule 3) ----------------------------------------------------------------------
+def test_a_professional_reads_only_with_the_patients_authorisation(dmp):
+    stored = write(dmp, pro(dmp, "drA"), observation("o1", "pa", LAB))
+    assert {"system": AUTHOR, "code": "Practitioner/drA"} in stored["meta"]["tag"]
+    drb = pro(dmp, "drB")
+    assert dmp.get("/fhir/Observation/o1", drb).status_code == 404
+    assert found(dmp, "/fhir/Observation?subject=Patient/pa", drb) == set()
+    assert dmp.get("/fhir/Observation?_summary=count", drb).get_json()["total"] == 0
+    assert dmp.get("/fhir/Patient/pa", drb).status_code == 404
+    assert write(dmp, drb, observation("o2", "pa", LAB), 403)["resourceType"] == "OperationOutcome"
+    # the patient authorises drB: reading and adding work
+    write(dmp, holder(dmp), consent(AUTHORISATION, "pa", "Practitioner/drB", "auth-drb"))
+    assert dmp.get("/fhir/Observation/o1", drb).status_code == 200
+    assert found(dmp, "/fhir/Observation?subject=Patient/pa", drb) == {"o1"}
+    write(dmp, drb, observation("o2", "pa", LAB))
+    # the patient withdraws it: nothing again
+    assert dmp.send("PATCH", "/fhir/Consent/auth-drb", [{"op": "replace", "path": "/status", "value": "inactive"}],
+                    holder(dmp), content_type=PATCH).status_code == 200
+    assert dmp.get("/fhir/Observation/o1", drb).status_code == 404
+    assert dmp.get("/fhir/Observation?_summary=count", drb).get_json()["total"] == 0
+
+
+def test_a_professional_may_declare_the_patients_agreement_and_the_patient_is_told(dmp):
+    drb = pro(dmp, "drB")
+    write(dmp, drb, consent(AUTHORISATION, "pa", "Practitioner/drB", "declared"))
+    assert dmp.get("/fhir/Patient/pa", drb).status_code == 200
+    told = [m for m in messages(dmp) if m["to"] == "pa@example.org"]
+    assert told and "Practitioner/drB" in told[-1]["text"]
+    # but not for a colleague, and never a block or the treating doctor's rights
+    assert dmp.send("POST", "/fhir/Consent", consent(AUTHORISATION, "pa", "Practitioner/drE"), drb).status_code == 403
+    assert dmp.send("POST", "/fhir/Consent", consent(BLOCK, "pa", "Practitioner/drA"), drb).status_code == 403
+    assert dmp.send("POST", "/fhir/Consent", consent("DROITS_MEDECIN_TRAITANT", "pa", "Practitioner/drB"),
+                    drb).status_code == 403
+
+
+def test_a_blocked_professional_never_gets_in_even_with_an_authorisation(dmp):
+    write(dmp, pro(dmp, "drA"), observation("o1", "pa", LAB))
+    drx = pro(dmp, "drX")
+    assert dmp.get("/fhir/Observation/o1", drx).status_code == 200
+    write(dmp, holder(dmp), consent(BLOCK, "pa", "Practitioner/drX", "block-drx"))
+    assert dmp.get("/fhir/Observation/o1", drx).status_code == 404
+    assert dmp.get("/fhir/Observation?_summary=count", drx).get_json()["total"] == 0
+    assert dmp.send("POST", "/fhir/Consent", consent(AUTHORISATION, "pa", "Practitioner/drX"), drx).status_code == 403
+    emergency = pro(dmp, "drX", "user/*.rs emergency-access")
+    assert _break_glass(dmp, emergency, "pa").status_code == 403
+    # unblocking (the patient deletes their block) restores the authorisation
+    assert dmp.client.delete("/fhir/Consent/block-drx", headers=holder(dmp)).status_code in (200, 204)
+    assert dmp.get("/fhir/Observation/o1", drx).status_code == 200
+
+
+def test_no_path_leaks_to_an_unauthorised_professional(dmp):
+    write(dmp, pro(dmp, "drA"), observation("o1", "pa", LAB, performer=[{"reference": "Practitioner/drA"}]))
+    drb = pro(dmp, "drB")
+    assert found(dmp, "/fhir/Observation?subject:Patient.name=PA", drb) == set()
+    assert found(dmp, "/fhir/Patient?_has:Observation:subject:status=final", drb, "Patient") == set()
+    assert found(dmp, "/fhir/Practitioner?_id=drA&_revinclude=Observation:performer", drb) == set()
+    assert found(dmp, "/fhir/Observation?_include=Observation:subject", drb, "Patient") == set()
+    assert dmp.get("/fhir/Patient/pa/$everything", drb).status_code == 404
+    assert dmp.get("/fhir/Observation/o1/_history", drb).status_code == 404
+    assert dmp.get("/fhir/Patient/pa/Observation", drb).status_code == 404
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation("t1", "pa", LAB), "request": {"method": "PUT", "url": "Observation/t1"}}]}
+    assert dmp.send("POST", "/fhir", transaction, drb).status_code == 403
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET",
+                                                                              "url": "Observation/o1"}}]}
+    assert dmp.send("POST", "/fhir", batch, drb).get_json()["entry"][0]["response"]["status"].startswith("404")
+
+
+# -- masking (rule 4) and the treating doctor -----------------------------------------------------------------
+def test_masked_items_are_hidden_from_professionals_but_their_author_and_the_treating_doctor(dmp):
+    write(dmp, pro(dmp, "drA"), observation("o1", "pa", LAB))
+    write(dmp, pro(dmp, "drA"), observation("o2", "pa", LAB))
+    write(dmp, holder(dmp), consent(AUTHORISATION, "pa", "Practitioner/drB", "auth-drb"))
+    # the patient masks drA's item: a label-only change of someone else's item is allowed, content is not
+    assert label(dmp, holder(dmp), "/fhir/Observation/o1", "add", "MASQUE_PS") == 200
+    changed = observation("o1", "pa", LAB, note=[{"text": "rewritten by the patient"}])
+    assert write(dmp, holder(dmp), changed, 403)["issue"][0]["code"] == "forbidden"
+    drb = pro(dmp, "drB")
+    assert dmp.get("/fhir/Observation/o1", drb).status_code == 404
+    assert found(dmp, "/fhir/Observation?subject=Patient/pa", drb) == {"o2"}
+    assert dmp.get("/fhir/Observation?subject=Patient/pa&_summary=count", drb).get_json()["total"] == 1
+    assert found(dmp, "/fhir/Patient/pa/$everything", drb) == {"o2"}
+    assert dmp.get("/fhir/Observation/o1/_history/2", drb).status_code == 404
+    assert label(dmp, drb, "/fhir/Observation/o1", "remove") == 404  # cannot unmask what it cannot see
+    # its author and the treating doctor still see it
+    assert dmp.get("/fhir/Observation/o1", pro(dmp, "drA")).status_code == 200
+    assert found(dmp, "/fhir/Observation?subject=Patient/pa", pro(dmp, "gp")) == {"o1", "o2"}
+    # the patient unmasks it
+    assert label(dmp, holder(dmp), "/fhir/Observation/o1", "remove") == 200
+    assert dmp.get("/fhir/Observation/o1", drb).status_code == 200
+
+
+def test_items_invisible_to_the_patient_until_a_professional_lifts_the_label(dmp):
+    hidden = observation("o1", "pa", LAB, meta={"security": [{"system": VIS, "code": "INVISIBLE_PATIENT"}]})
+    write(dmp, pro(dmp, "gp"), hidden)
+    me = holder(dmp)
+    assert dmp.get("/fhir/Observation/o1", me).status_code == 404
+    assert found(dmp, "/fhir/Observation", me) == set()
+    assert dmp.get("/fhir/Observation?_summary=count", me).get_json()["total"] == 0
+    assert dmp.get("/fhir/Observation/o1", pro(dmp, "drA")).status_code == 200  # professionals see it
+    assert label(dmp, pro(dmp, "gp"), "/fhir/Observation/o1", "remove") == 200
+    assert dmp.get("/fhir/Observation/o1", me).status_code == 200
+
+
+# -- minors and their representatives (rule 8) ---------------------------------------------------------------
+def test_representatives_act_for_a_minor_except_what_is_hidden_from_them_until_majority(dmp, clock):
+    gp = pro(dmp, "gp")
+    write(dmp, gp, observation("m1", "pm", LAB))
+    write(dmp, gp, observation("m2", "pm", LAB, meta={"security": [{"system": VIS,
+                                                                    "code": "INVISIBLE_REPRESENTANTS_LEGAUX"}]}))
+    parent = representative(dmp)
+    assert found(dmp, "/fhir/Observation", parent) == {"m1"}
+    assert dmp.get("/fhir/Observation/m2", parent).status_code == 404
+    write(dmp, parent, allergy("al1", "pm", "peanuts"))
+    # lifting the label is irreversible
+    assert label(dmp, gp, "/fhir/Observation/m2", "remove") == 200
+    assert found(dmp, "/fhir/Observation", parent) == {"m1", "m2"}
+    assert label(dmp, gp, "/fhir/Observation/m2", "add", "INVISIBLE_REPRESENTANTS_LEGAUX") == 403
+    # not the representative of another patient
+    assert dmp.get("/fhir/Observation", representative(dmp, "pa")).status_code == 403  # reaches nothing
+    # at the minor's 18th birthday their access ends
+    clock.now = dt.datetime(2033, 6, 1, 8, 0, tzinfo=dt.timezone.utc)
+    assert dmp.get("/fhir/Observation", representative(dmp)).status_code == 403
+    assert dmp.get("/fhir/Patient/pm", representative(dmp)).status_code == 403
+
+
+# -- emergency access (rules 5 and 7) ------------------------------------------------------------------------
+def _break_glass(dmp: Smart, headers: dict, pid: str, reason: str | None = "Unconscious patient in the ER",
+                 mode: str | None = None):
+    parameters = [{"name": "reason", "valueString": reason}] if reason is not None else []
+    if mode:
+        parameters.append({"name": "mode", "valueCode": mode})
+    return dmp.send("POST", f"/fhir/Patient/{pid}/$emergency-access", {"resourceType": "Parameters",
+                                                                        "parameter": parameters}, headers)
+
+
+def test_emergency_access_is_explicit_traced_notified_and_time_limited(dmp, clock):
+    write(dmp, pro(dmp, "drA"), observation("o1", "pa", LAB))
+    write(dmp, pro(dmp, "drA"), observation("o2", "pa", LAB, meta={"security": [{"system": VIS,
+                                                                                   "code": "MASQUE_PS"}]}))
+    emergency = pro(dmp, "drE", "user/*.rs emergency-access")
+    assert dmp.get("/fhir/Observation/o1", emergency).status_code == 404
+    assert _break_glass(dmp, pro(dmp, "drE", "user/*.rs"), "pa").status_code == 403  # no emergency scope
+    missing = _break_glass(dmp, emergency, "pa", reason=None)
+    assert missing.status_code == 400 and "reason" in missing.get_json()["issue"][0]["expression"][0]
+    assert _break_glass(dmp, emergency, "pa", reason="urgent").status_code == 400  # not a written reason
+    opened = _break_glass(dmp, emergency, "pa")
+    assert opened.status_code == 200, opened.get_json()
+    assert dmp.get("/fhir/Observation/o1", emergency).status_code == 200
+    assert dmp.get("/fhir/Observation/o2", emergency).status_code == 404  # masked items stay hidden (default)
+    # the patient and the treating doctor are told at once; the patient sees the trace with its purpose
+    recipients = {m["to"] for m in messages(dmp)}
+    assert {"pa@example.org", "gp@example.org"} <= recipients
+    traces = dmp.get("/fhir/AuditEvent?patient=Patient/pa&subtype=bris-de-glace", holder(dmp)).get_json()
+    purposes = [c["code"] for e in traces.get("entry", []) for p in e["resource"].get("purposeOfEvent", [])
+                for c in p["coding"]]
+    assert "BTG" in purposes
+    # it ends by itself
+    clock.advance(minutes=61)
+    assert dmp.get("/fhir/Observation/o1", emergency).status_code == 404
+
+
+def test_a_patients_opposition_refuses_that_kind_of_emergency_access_only(dmp):
+    write(dmp, holder(dmp), consent("OPPOSITION_BRIS_DE_GLACE", "pa", cid="no-btg"))
+    refused = _break_glass(dmp, pro(dmp, "drE", "user/*.rs emergency-access"), "pa")
+    assert refused.status_code == 403 and "opposed" in refused.get_json()["issue"][0]["diagnostics"]
+    regulator = pro(dmp, "drE", "user/*.rs emergency-regulation")
+    assert _break_glass(dmp, regulator, "pa", mode="centre-regulation").status_code == 200
+    assert dmp.get("/fhir/Patient/pa", regulator).status_code == 200
+
+
+def test_advance_directives_are_visible_in_an_emergency(dmp):
+    directives = consent("DIRECTIVES_ANTICIPEES", "pa", cid="directives")
+    write(dmp, holder(dmp), directives)
+    emergency = pro(dmp, "drE", "user/*.rs emergency-access")
+    assert _break_glass(dmp, emergency, "pa").status_code == 200
+    assert "directives" in found(dmp, "/fhir/Consent?patient=Patient/pa", emergency, "Consent")
+
+
+# -- patients' own entries (rule 6) and closing the record (rule 2) -----------------------------------------
+def test_patients_add_to_their_record_and_only_an_author_deletes(dmp):
+    me = holder(dmp)
+    forged = dict(allergy("al1", "pa", "penicillin"), meta={"tag": [{"system": AUTHOR, "code": "Practitioner/drA"}]})
+    stored = write(dmp, me, forged)
+    assert [t for t in stored["meta"]["tag"] if t["system"] == AUTHOR] == [{"system": AUTHOR,
+                                                                             "code": "Patient/pa"}]
+    assert dmp.get("/fhir/AllergyIntolerance/al1", pro(dmp, "drA")).status_code == 200
+    assert dmp.client.delete("/fhir/AllergyIntolerance/al1", headers=pro(dmp, "drA")).status_code == 403
+    write(dmp, pro(dmp, "drA"), observation("o1", "pa", LAB))
+    assert dmp.client.delete("/fhir/Observation/o1", headers=me).status_code == 403
+    assert dmp.client.delete("/fhir/AllergyIntolerance/al1", headers=me).status_code in (200, 204)
+    encounter = {"resourceType": "Encounter", "id": "e1", "status": "finished",
+                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                 "subject": {"reference": "Patient/pa"}}
+    assert write(dmp, me, encounter, 403)["issue"][0]["code"] == "forbidden"
+
+
+def test_a_closed_record_refuses_professionals_and_new_entries(dmp):
+    write(dmp, pro(dmp, "drA"), observation("o1", "pa", LAB))
+    close = [{"op": "replace", "path": "/status", "value": "inactive"}]
+    assert dmp.send("PATCH", "/fhir/Consent/creation-pa", close, holder(dmp), content_type=PATCH).status_code == 200
+    assert dmp.get("/fhir/Observation/o1", pro(dmp, "drA")).status_code == 404
+    assert dmp.get("/fhir/Observation/o1", pro(dmp, "gp")).status_code == 404
+    assert write(dmp, holder(dmp), allergy("al2", "pa", "latex"), 403)["issue"][0]["code"] == "forbidden"
+    assert _break_glass(dmp, pro(dmp, "drE", "user/*.rs emergency-access"), "pa").status_code == 403
+
+
+def test_a_professional_opens_a_record_with_the_patients_consent(dmp):
+    drb = pro(dmp, "drB")
+    write(dmp, drb, patient("pn", "1990-01-01", "pn@example.org"))
+    write(dmp, drb, consent(AUTHORISATION, "pn", "Practitioner/drB", "auth-pn"))
+    assert dmp.get("/fhir/Patient/pn", drb).status_code == 404  # no creation consent yet: no record
+    created = write(dmp, drb, creation_consent("pn"))
+    assert {"system": AUTHOR, "code": "Practitioner/drB"} in created["meta"]["tag"]  # who collected it
+    assert dmp.get("/fhir/Patient/pn", drb).status_code == 200
+    assert dmp.send("POST", "/fhir/Consent", creation_consent("pn", "again"), drb).status_code == 409
+
+
+# -- traces (rule 9) ---------------------------------------------------------------------------------------
+def test_the_treating_doctor_sees_the_records_traces_other_professionals_only_their_own(dmp):
+    opened = _break_glass(dmp, pro(dmp, "drE", "user/*.rs emergency-access"), "pa")
+    assert opened.status_code == 200
+    grant = opened.get_json()["parameter"][1]["valueReference"]["reference"].split("/")[1]
+    assert grant in found(dmp, "/fhir/AuditEvent?patient=Patient/pa", pro(dmp, "gp"), "AuditEvent")
+    assert grant not in found(dmp, "/fhir/AuditEvent?patient=Patient/pa", pro(dmp, "drA"), "AuditEvent")
+    assert grant in found(dmp, "/fhir/AuditEvent?patient=Patient/pa", holder(dmp), "AuditEvent")
+    assert dmp.client.delete(f"/fhir/AuditEvent/{grant}", headers=holder(dmp)).status_code in (403, 405)
