@@ -14,15 +14,26 @@ professionals, patients and legal representatives reach, from the record's own d
 """
 
 
-def install(app, server) -> None:  # noqa: ANN001 (Flask app, FHIRServer)
+def install(app, server, jobs: bool = False) -> None:  # noqa: ANN001 (Flask app, FHIRServer)
     """Wire the record's rules into an app whose gate is a :class:`~fhir_server.policy.gate.RecordGate`:
-    the notifier (after each committed write) and the ``$emergency-access`` operation."""
+    the notifier (after each committed write), the ``$emergency-access`` and ``$close`` operations, and
+    with ``jobs`` (``serve``'s worker processes) the timed rules every ``settings.record_jobs_interval``."""
+    import atexit
+
     from fhir_server.http.record_api import record_api
     from fhir_server.policy.gate import RecordGate
     from fhir_server.policy.notifications import Notifier
     app.register_blueprint(record_api, url_prefix="/fhir")
-    if isinstance(server.gate, RecordGate):
-        from auth.senders import build_sender
-        notifier = Notifier(server, build_sender(server.settings))
-        app.extensions["dmp-notifier"] = notifier
-        server.add_write_listener(notifier.on_write)
+    if not isinstance(server.gate, RecordGate):
+        return
+    from auth.senders import build_sender
+    notifier = Notifier(server, build_sender(server.settings))
+    app.extensions["dmp-notifier"] = notifier
+    server.add_write_listener(notifier.on_write)
+    interval = getattr(server.settings, "record_jobs_interval", 3600.0)
+    if jobs and interval > 0:
+        from fhir_server.policy.schedule import run_record_jobs
+        from fhir_server.services.periodic import PeriodicTask
+        task = PeriodicTask("record-jobs", lambda: run_record_jobs(server, notifier, server.gate.finder), interval)
+        task.start()
+        atexit.register(task.stop)

@@ -29,7 +29,7 @@ class RecordPolicy:
     age_of_majority: int = 18  # legal representatives' access ends on this birthday
     announce_notice_days: int = 14  # an item invisible to the patient: the patient is told after this
     announce_lift_days: int = 30  # ... and it becomes visible after this (R1111-53: 2 weeks, 1 month)
-    deletion_days: int = 90  # a closed record whose deletion was requested is deleted within this
+    deletion_grace_days: int = 30  # a closed record whose deletion was requested is deleted after this (law: < 3 months)
 
 
 @dataclass(frozen=True)

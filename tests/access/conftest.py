@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from access_helpers import BASE, RECORD, Smart, admin_headers
+from record_helpers import FakeClock, cast
 from joserfc.jwk import RSAKey
 
 from fhir_server.access.smart import build_gate
@@ -38,5 +39,25 @@ def record(smart) -> Smart:
     for resource in RECORD:
         response = smart.send("PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource,
                               admin_headers(smart))
+        assert response.status_code in (200, 201), response.get_json()
+    return smart
+
+
+# -- the record-rule scenarios (record_helpers.py) ---------------------------------------------------
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def dmp(store, engine, signing_key: RSAKey, tmp_path, clock) -> Smart:
+    settings = Settings(base_url=BASE, max_body_bytes=1_000_000, otp_outbox=str(tmp_path / "outbox"), clock=clock)
+    jwks = {"keys": [signing_key.as_dict(private=False)]}
+    app = create_app(settings, store=store, gate=build_gate(settings, lambda: jwks), engine=engine)
+    smart = Smart(app.test_client(), signing_key)
+    smart.outbox = tmp_path / "outbox"
+    system = admin_headers(smart)
+    for resource in cast():
+        response = smart.send("PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource, system)
         assert response.status_code in (200, 201), response.get_json()
     return smart

@@ -7,122 +7,10 @@ professionals ``drA`` (authorised by A), ``drB`` (not authorised), ``drX`` (auth
 from __future__ import annotations
 
 import datetime as dt
-import json
 
-import pytest
-from access_helpers import BASE, LAB, Smart, admin_headers, creation_consent, observation
-from joserfc.jwk import RSAKey
-
-from fhir_server.access.smart import build_gate
-from fhir_server.app import create_app
-from fhir_server.settings import Settings
-
-KIND = "https://dmp.example.org/fhir/CodeSystem/dmp-consent-kind"
-VIS = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"
-AUTHOR = "https://dmp.example.org/fhir/CodeSystem/dmp-author"
-PATCH = "application/json-patch+json"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += dt.timedelta(**delta)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def dmp(store, engine, signing_key: RSAKey, tmp_path, clock) -> Smart:
-    settings = Settings(base_url=BASE, max_body_bytes=1_000_000, otp_outbox=str(tmp_path / "outbox"), clock=clock)
-    jwks = {"keys": [signing_key.as_dict(private=False)]}
-    app = create_app(settings, store=store, gate=build_gate(settings, lambda: jwks), engine=engine)
-    smart = Smart(app.test_client(), signing_key)
-    smart.outbox = tmp_path / "outbox"
-    system = admin_headers(smart)
-    for resource in [
-        patient("pa", "1980-04-12", "pa@example.org"), patient("pm", "2015-06-01", "pm-parent@example.org"),
-        creation_consent("pa"), creation_consent("pm"),
-        *(practitioner(p) for p in ("gp", "drA", "drB", "drX", "drE")),
-        {"resourceType": "RelatedPerson", "id": "rp", "patient": {"reference": "Patient/pm"}, "active": True},
-        consent(AUTHORISATION, "pa", "Practitioner/drA"), consent(AUTHORISATION, "pa", "Practitioner/drX"),
-    ]:
-        response = smart.send("PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource, system)
-        assert response.status_code in (200, 201), response.get_json()
-    return smart
-
-
-AUTHORISATION, BLOCK, CREATION = "AUTORISATION_ACCES", "BLOCAGE_PS", "CREATION_DMP"
-
-
-def patient(pid: str, birth: str, email: str) -> dict:
-    return {"resourceType": "Patient", "id": pid, "name": [{"family": pid.upper()}], "birthDate": birth,
-            "telecom": [{"system": "email", "value": email}],
-            "generalPractitioner": [{"reference": "Practitioner/gp"}]}
-
-
-def practitioner(pid: str) -> dict:
-    return {"resourceType": "Practitioner", "id": pid, "name": [{"family": pid}],
-            "telecom": [{"system": "email", "value": f"{pid}@example.org"}]}
-
-
-def consent(kind: str, pid: str, actor: str | None = None, cid: str | None = None) -> dict:
-    body = creation_consent(pid, cid or f"{kind.lower().replace('_', '-')}-{pid}-{(actor or 'x').split('/')[-1]}")
-    body["category"] = [{"coding": [{"system": KIND, "code": kind}]}]
-    if actor:
-        body["provision"] = {"type": "deny" if kind == BLOCK else "permit", "actor": [{
-            "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                 "code": "IRCP"}]}, "reference": {"reference": actor}}]}
-    return body
-
-
-def allergy(aid: str, pid: str, text: str) -> dict:
-    return {"resourceType": "AllergyIntolerance", "id": aid, "patient": {"reference": f"Patient/{pid}"},
-            "code": {"text": text}, "clinicalStatus": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}]}}
-
-
-def pro(dmp: Smart, who: str, scope: str = "user/*.cruds") -> dict:
-    return dmp.auth(scope, role="practitioner", fhirUser=f"Practitioner/{who}", sub=who)
-
-
-def holder(dmp: Smart, pid: str = "pa") -> dict:
-    return dmp.auth("patient/*.cruds", pid)
-
-
-def representative(dmp: Smart, pid: str = "pm") -> dict:
-    return dmp.auth("patient/*.cruds", pid, role="related-person", fhirUser="RelatedPerson/rp", sub="rp")
-
-
-def found(dmp: Smart, path: str, headers: dict, rtype: str = "Observation") -> set[str]:
-    response = dmp.get(path, headers)
-    assert response.status_code == 200, response.get_json()
-    return {e["resource"]["id"] for e in response.get_json().get("entry", [])
-            if e.get("resource", {}).get("resourceType") == rtype}
-
-
-def write(dmp: Smart, headers: dict, resource: dict, expected: int = 201) -> dict:
-    response = dmp.send("PUT", f"/fhir/{resource['resourceType']}/{resource['id']}", resource, headers)
-    assert response.status_code == expected, response.get_json()
-    return response.get_json()
-
-
-def label(dmp: Smart, headers: dict, path: str, op: str, code: str | None = None) -> int:
-    operation = [{"op": "add", "path": "/meta/security", "value": [{"system": VIS, "code": code}]}] if op == "add" \
-        else [{"op": "remove", "path": "/meta/security"}]
-    return dmp.send("PATCH", path, operation, headers, content_type=PATCH).status_code
-
-
-def messages(dmp: Smart) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(dmp.outbox.glob("*.json"))] if dmp.outbox.exists() else []
-
+from access_helpers import LAB, Smart, creation_consent, observation
+from record_helpers import (AUTHOR, AUTHORISATION, BLOCK, KIND, PATCH, VIS, allergy, consent, found, holder, label,
+                            messages, patient, pro, representative, write)
 
 # -- authorisations and blocks (rule 3) ----------------------------------------------------------------------
 def test_a_professional_reads_only_with_the_patients_authorisation(dmp):
@@ -351,3 +239,36 @@ def test_the_treating_doctor_sees_the_records_traces_other_professionals_only_th
     assert grant not in found(dmp, "/fhir/AuditEvent?patient=Patient/pa", pro(dmp, "drA"), "AuditEvent")
     assert grant in found(dmp, "/fhir/AuditEvent?patient=Patient/pa", holder(dmp), "AuditEvent")
     assert dmp.client.delete(f"/fhir/AuditEvent/{grant}", headers=holder(dmp)).status_code in (403, 405)
+
+
+# -- the care team, the treating doctor's rights, the patient's lists (rules 1 and 3) -----------------------
+def test_the_care_team_is_authorised_and_the_patient_can_give_treating_doctor_rights(dmp):
+    write(dmp, pro(dmp, "drA"), observation("o1", "pa", LAB, meta={"security": [{"system": VIS,
+                                                                                   "code": "MASQUE_PS"}]}))
+    write(dmp, pro(dmp, "drA"), observation("o2", "pa", LAB))
+    drb = pro(dmp, "drB")
+    assert found(dmp, "/fhir/Observation", drb) == set()
+    team = {"resourceType": "CareTeam", "id": "team-pa", "status": "active", "subject": {"reference": "Patient/pa"},
+            "participant": [{"member": {"reference": "Practitioner/drB"}}]}
+    write(dmp, dmp.auth("system/*.cruds", role="system", sub="backend"), team)
+    assert found(dmp, "/fhir/Observation", drb) == {"o2"}  # a care-team member: authorised, masking applies
+    write(dmp, holder(dmp), consent("DROITS_MEDECIN_TRAITANT", "pa", "Practitioner/drB", "same-rights"))
+    assert found(dmp, "/fhir/Observation", drb) == {"o1", "o2"}
+    # the patient lists who may access their record
+    listed = found(dmp, f"/fhir/Consent?patient=Patient/pa&category={KIND}|{AUTHORISATION}", holder(dmp), "Consent")
+    assert listed == {"autorisation-acces-pa-drA", "autorisation-acces-pa-drX"}
+
+
+def test_patients_choose_the_optional_notifications(dmp):
+    document_event = observation("o1", "pa", LAB)
+    write(dmp, pro(dmp, "drA"), consent(AUTHORISATION, "pa", "Practitioner/drA", "again"))
+    assert [m for m in messages(dmp) if "Practitioner/drA" in m["text"]]
+    opted = dict(patient("pa", "1980-04-12", "pa@example.org"), extension=[{
+        "url": "https://dmp.example.org/fhir/StructureDefinition/dmp-notification-opt-out",
+        "valueCode": "new-authorisation"}])
+    write(dmp, holder(dmp), opted, 200)
+    before = len(messages(dmp))
+    write(dmp, pro(dmp, "drB"), consent(AUTHORISATION, "pa", "Practitioner/drB", "declared-b"))
+    assert len(messages(dmp)) == before
+    write(dmp, pro(dmp, "drA"), document_event)  # not a document: no message either
+    assert len(messages(dmp)) == before
