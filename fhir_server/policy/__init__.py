@@ -30,6 +30,8 @@ def install(app, server, jobs: bool = False) -> None:  # noqa: ANN001 (Flask app
     notifier = Notifier(server, build_sender(server.settings))
     app.extensions["dmp-notifier"] = notifier
     server.add_write_listener(notifier.on_write)
+    from fhir_server.policy.provenance import PatientEntries
+    server.add_write_listener(PatientEntries(server).on_write)
     interval = getattr(server.settings, "record_jobs_interval", 3600.0)
     if jobs and interval > 0:
         from fhir_server.policy.schedule import run_record_jobs

@@ -199,6 +199,8 @@ def test_patients_add_to_their_record_and_only_an_author_deletes(dmp):
     assert [t for t in stored["meta"]["tag"] if t["system"] == AUTHOR] == [{"system": AUTHOR,
                                                                              "code": "Patient/pa"}]
     assert dmp.get("/fhir/AllergyIntolerance/al1", pro(dmp, "drA")).status_code == 200
+    marks = dmp.get("/fhir/Provenance?target=AllergyIntolerance/al1", pro(dmp, "drA")).get_json()["entry"]
+    assert [a["who"]["reference"] for m in marks for a in m["resource"]["agent"]] == ["Patient/pa"]
     assert dmp.client.delete("/fhir/AllergyIntolerance/al1", headers=pro(dmp, "drA")).status_code == 403
     write(dmp, pro(dmp, "drA"), observation("o1", "pa", LAB))
     assert dmp.client.delete("/fhir/Observation/o1", headers=me).status_code == 403
