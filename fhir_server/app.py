@@ -47,7 +47,8 @@ class Engine:
     @classmethod
     def build(cls, definitions: Definitions | None = None) -> "Engine":
         definitions = definitions or Definitions()
-        registry = SearchParameterRegistry(definitions)
+        from fhir_server.carehistory.parameters import profile_search_parameters
+        registry = SearchParameterRegistry(definitions, profile_search_parameters())  # R4 + profiles/SearchParameter-*
         validator = Validator(ProfileRegistry(definitions))
         return cls(definitions, validator, registry, Indexer(registry), Renderer(definitions), validator)
 
@@ -96,6 +97,14 @@ class FHIRServer:
         self._capability: tuple[int, dict] | None = None  # (registry version, statement)
         self.write_listeners.append(self.search_parameters.on_write)
         self.search_parameters.load()
+        from fhir_server.carehistory.feed import PatientReferenceCheck
+        from fhir_server.carehistory.window import CareHistoryWindow
+        from fhir_server.bulk.imports import BulkImports
+        # the care history (issue #8): its 24-month window holds every principal; a care item needs a known patient
+        self.care_window = CareHistoryWindow(self.parser, self.settings.clock)
+        self.gate.add_standing_rule(self.care_window.rule)
+        self.resources.validator = PatientReferenceCheck(self.resources.validator, self.store)
+        self.imports = BulkImports(self)  # $import jobs, run by the bulk worker
         from fhir_server.subscriptions import SubscriptionService, SubscriptionValidator
         # R4 Subscriptions (docs/adr/0007-subscriptions.md): checked and activated when written, matched after
         # each commit, notified from background threads; the ones in effect are loaded from the store
@@ -191,4 +200,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     if bulk_worker and worker_enabled():  # FHIR_SERVER_BULK_WORKER=0 opts a process out
         server.bulk.start_worker()
         atexit.register(server.bulk.stop_worker)  # a running job is handed back to the other processes
+    if bulk_worker and settings.purge_interval > 0:  # expired care items removed periodically (carehistory.purge)
+        from fhir_server.carehistory.purge import PurgeTask
+        task = PurgeTask(server, settings.purge_interval)
+        task.start()
+        atexit.register(task.stop)
     return app

@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("--store")
     reindex.add_argument("--type", action="append", dest="types", help="only these types (repeatable)")
 
+    purge = sub.add_parser("purge", help="remove the care items older than the 24-month window (and trace it)")
+    purge.add_argument("--store")
+
+    demo = sub.add_parser("demo", help="write a synthetic insurer's reimbursement histories (NDJSON, Bundles)")
+    demo.add_argument("--patients", type=int, default=100)
+    demo.add_argument("--seed", type=int, default=8)
+    demo.add_argument("--months", type=int, default=30, help="months of history (default 30: some beyond 24)")
+    demo.add_argument("--bundle-size", type=int, default=0, help="also write batch Bundles of this many items")
+    demo.add_argument("--out", type=Path, default=Path("var/demo"))
+
     from auth.cli import add_parsers as add_auth_parsers  # clients add, users add, launch
     add_auth_parsers(sub)
     return parser
@@ -69,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from auth.cli import COMMANDS as AUTH_COMMANDS
     from fhir_server.validation.cli import run as validate
-    return {"serve": serve, "load": load, "reindex": reindex, "validate": validate,
+    return {"serve": serve, "load": load, "reindex": reindex, "validate": validate, "purge": purge, "demo": demo,
             **AUTH_COMMANDS}[args.command](args)
 
 
@@ -232,6 +242,33 @@ def run_reindex(server, types: Sequence[str] | None = None, echo=print) -> dict[
         echo(f"{rtype}: {counts[rtype]} reindexed")
     echo(f"{sum(counts.values())} resources reindexed")
     return counts
+
+
+def purge(args: argparse.Namespace) -> int:
+    """Remove the expired care items now (fhir_server.carehistory.purge); prints what went."""
+    from fhir_server.access.gate import OpenGate
+    from fhir_server.app import create_app
+    from fhir_server.carehistory.purge import purge as run_purge
+
+    server = create_app(Settings.from_env(store_url=args.store, insecure_no_auth=True), gate=OpenGate()
+                        ).extensions["fhir"]
+    try:
+        report = run_purge(server)
+    finally:
+        server.store.close()
+    print(f"{report.items} care items ({report.versions} versions) of {report.patients} patients with every service "
+          f"date before {report.cutoff} removed" + (f"; AuditEvent/{report.audit_id}" if report.audit_id else ""))
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Write a synthetic insurer's histories: Patient.ndjson, ExplanationOfBenefit.ndjson, bundles/ (carehistory)."""
+    from fhir_server.carehistory.synthetic import SyntheticInsurer
+
+    counts = SyntheticInsurer(args.patients, seed=args.seed, months=args.months).write(args.out, args.bundle_size)
+    print(f"{counts['patients']} patients, {counts['items']} care items"
+          + (f", {counts['bundles']} batch Bundles" if counts["bundles"] else "") + f" written to {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
 
 DEFAULT_STORE = "sqlite:///var/fhir.sqlite3"
 PROFILE_MODES = ("enforce", "warn")
+
+
+def system_clock() -> datetime:
+    """The current instant (aware, UTC): the default ``Settings.clock``."""
+    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,10 @@ class Settings:
     otp_outbox: str | None = None  # development: write one-time codes as JSON files into this directory
     smtp_url: str | None = None  # smtp[s]://user:password@host:port?from=address[&starttls=1]
     sms_gateway_url: str | None = None  # HTTP SMS gateway receiving POST {"to", "text"}
+    # the care history (fhir_server.carehistory): the clock its 24-month window is computed on (tests pass a fake
+    # one), and the seconds between two purges of expired care items in each `serve` process (0: no periodic purge)
+    clock: Callable[[], datetime] = field(default=system_clock, compare=False, repr=False)
+    purge_interval: float = 6 * 3600
 
     def __post_init__(self) -> None:
         if self.profile_mode not in PROFILE_MODES:
@@ -42,6 +53,7 @@ class Settings:
             "otp_outbox": env.get("FHIR_SERVER_OTP_OUTBOX") or None,
             "smtp_url": env.get("FHIR_SERVER_SMTP_URL") or None,
             "sms_gateway_url": env.get("FHIR_SERVER_SMS_GATEWAY_URL") or None,
+            "purge_interval": float(env.get("FHIR_SERVER_PURGE_INTERVAL", cls.purge_interval)),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -171,3 +171,57 @@ def download(job_id: str, name: str) -> Response:
     if not path.is_file():
         raise FHIRError.of(404, "not-found", f"The file '{name}' is no longer available")
     return send_file(path, mimetype=NDJSON, max_age=0, conditional=True, etag=False)
+
+
+# -- $import (fhir_server.bulk.imports): kick-off, status, cancel; files through $export-file ------------
+@bulk_api.post("/$import")
+def import_kickoff() -> Response:
+    from fhir_server.bulk import imports
+    server, bulk = fhir(), _bulk()
+    principal = g.principal
+    imports.may_write_something(server, principal)
+    if bulk.jobs.count_active(principal.subject) >= bulk.settings.max_active_per_client:
+        raise FHIRError.of(429, "throttled", "Too many bulk jobs in progress for this client; wait for one to "
+                           "finish or delete it", headers={"Retry-After": str(bulk.settings.retry_after * 6)})
+    job_id = imports.new_job_id()
+    if (request.mimetype or "").lower() in imports.NDJSON_TYPES:
+        request.max_content_length = imports.MAX_UPLOAD_BYTES  # streamed to disk, never held in memory
+        inputs = imports.plan_upload(server.imports, job_id, request.stream)
+    else:
+        inputs = imports.plan_parameters(server, principal, read_json(request), base_url())
+    job = imports.new_job(principal, base_url() + "/$import", inputs, job_id)
+    bulk.jobs.create(job)
+    bulk.worker.wake()
+    url = f"{base_url()}/$import-status/{job.id}"
+    return respond(operation_outcome([Issue("information", "informational", f"Import accepted; poll {url}")]), 202,
+                   {"Content-Location": url})
+
+
+def _import_job(job_id: str) -> Job:
+    job = _job(job_id)
+    if job.kind != "import":
+        raise FHIRError.of(404, "not-found", "No such import")
+    return job
+
+
+@bulk_api.get(f"/$import-status/{JOB}")
+def import_status(job_id: str) -> Response:
+    from fhir_server.bulk import imports
+    job = _import_job(job_id)
+    settings = _bulk().settings
+    if job.state == FAILED:
+        raise FHIRError.of(500, "exception", job.error or "The import failed")
+    if job.state != COMPLETED:
+        progress = ((job.progress if job.state != "queued" else "queued") or "in progress")[:99]
+        return respond(operation_outcome([Issue("information", "informational", f"In progress: {progress}")]), 202,
+                       {"X-Progress": progress, "Retry-After": str(settings.retry_after)})
+    body = imports.manifest(job, f"{base_url()}/$export-file/{job.id}/", not isinstance(fhir().gate, OpenGate))
+    response = Response(jsonio.dumps(body), status=200, content_type="application/json")
+    response.headers["Expires"] = formatdate((job.completed_at or 0) + settings.retention_seconds, usegmt=True)
+    return response
+
+
+@bulk_api.delete(f"/$import-status/{JOB}")
+def import_delete(job_id: str) -> Response:
+    job = _import_job(job_id)
+    return delete(job.id)

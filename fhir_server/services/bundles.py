@@ -268,7 +268,7 @@ class BundleService:
     @staticmethod
     def _split_url(entry: Entry, base: str) -> tuple[list[str], str]:
         url = entry.url.strip()
-        if "://" in url:
+        if "://" in url.partition("?")[0]:  # absolute; a query may hold URLs (identifier=https://sys|value)
             if not url.startswith(base.rstrip("/") + "/") and url != base.rstrip("/"):
                 raise entry_error(entry, 400, "not-supported", f"request.url must be relative to this server's "
                                   f"base {base}", "request.url")

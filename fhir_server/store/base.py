@@ -115,6 +115,11 @@ class Store(abc.ABC):
         """Every current, non-deleted resource of a type (reindex, export)."""
         raise NotImplementedError
 
+    def expunge(self, rtype: str, rid: str) -> int:
+        """Physically remove a resource: every version, its current row and its index entries (the care
+        history's purge of expired items; not a FHIR delete, which keeps history). How many versions went."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release connections."""
 

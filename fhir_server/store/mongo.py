@@ -557,6 +557,12 @@ class MongoStore(Store):
                 yield _doc_to_resource(doc)
             last = docs[-1]["seq"]
 
+    def expunge(self, rtype: str, rid: str) -> int:
+        with self._atomic():  # versions first: a purge cut short leaves the resource findable, to finish later
+            removed = self.versions.delete_many({"type": rtype, "id": rid}).deleted_count
+            self.resources.delete_one({"_id": f"{rtype}/{rid}"})  # with its embedded index entries
+            return removed
+
     def reindex(self, rtype: str, index_of) -> int:
         """Rewrite the embedded index entries of every current resource of ``rtype`` with
         ``index_of(resource)``; a resource updated meanwhile already has fresh entries and is skipped."""

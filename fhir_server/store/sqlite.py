@@ -401,6 +401,15 @@ class SQLiteStore(Store):
                 yield _row_to_resource(r[1:])
             last = rows[-1][0]
 
+    def expunge(self, rtype: str, rid: str) -> int:
+        with self._write() as conn:
+            row = conn.execute("SELECT rpk FROM resources WHERE type=? AND id=?", (rtype, rid)).fetchone()
+            if row is not None:
+                for table in INDEX_TABLES:
+                    conn.execute(f"DELETE FROM {table} WHERE rpk=?", (row[0],))
+                conn.execute("DELETE FROM resources WHERE rpk=?", (row[0],))
+            return conn.execute("DELETE FROM versions WHERE type=? AND id=?", (rtype, rid)).rowcount
+
     def reindex(self, rtype: str, index_of) -> int:
         """Rewrite the index rows of every current resource of ``rtype`` with ``index_of(resource)``.
 

@@ -1,0 +1,108 @@
+"""Bulk ingestion ($import): NDJSON run in a background job with progress and a per-line error report,
+through validation and the access gate of the kick-off's principal."""
+from __future__ import annotations
+
+import json
+
+from feed_helpers import NDJSON, care_item, identifiers
+
+from fhir_server.carehistory import INSURER_SYSTEM
+
+
+def ndjson(*lines) -> bytes:
+    return b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines)
+
+
+def kick_off(feed, body: bytes, headers=None):
+    response = feed.post("/fhir/$import", body, headers or feed.insurer, NDJSON)
+    assert response.status_code == 202, response.get_json()
+    return response.headers["Content-Location"]
+
+
+def finish(feed, status_url: str, headers=None) -> dict:
+    feed.server.bulk.worker.run_pending()
+    response = feed.client.get(status_url, headers=headers or feed.insurer)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def download(feed, url: str, headers=None) -> list[dict]:
+    response = feed.client.get(url, headers=headers or feed.insurer)
+    assert response.status_code == 200 and response.mimetype == NDJSON
+    return [json.loads(line) for line in response.data.splitlines()]
+
+
+def test_an_uploaded_ndjson_is_imported_in_the_background_with_a_per_line_report(feed):
+    body = ndjson(care_item("a1"), care_item("a2", "pb"), b"{not json", care_item("x1", "nobody"),
+                  dict(care_item("x2"), identifier=[]), care_item("a3"))
+    status_url = kick_off(feed, body)
+    assert status_url.startswith("http://fhir.test/fhir/$import-status/")
+    queued = feed.client.get(status_url, headers=feed.insurer)
+    assert queued.status_code == 202 and queued.headers["X-Progress"] == "queued"
+    manifest = finish(feed, status_url)
+    assert manifest["request"] == "http://fhir.test/fhir/$import" and manifest["requiresAccessToken"] is True
+    [output], [error] = manifest["output"], manifest["error"]
+    assert output["count"] == 3 and error["count"] == 3 and error["type"] == "OperationOutcome"
+    summary = download(feed, output["url"])[0]["issue"][0]["diagnostics"]
+    assert "6 lines, 3 created, 0 updated, 0 unchanged" in summary and "3 refused" in summary
+    refused = download(feed, error["url"])
+    assert [o["issue"][0]["expression"][0].split(".")[0] for o in refused] == ["line[3]", "line[4]", "line[5]"]
+    assert "not valid JSON" in refused[0]["issue"][0]["diagnostics"]
+    assert "Unknown patient Patient/nobody" in refused[1]["issue"][0]["diagnostics"]
+    assert refused[1]["issue"][0]["expression"] == ["line[4].ExplanationOfBenefit.patient"]
+    assert refused[2]["issue"][0]["diagnostics"].startswith("line 5 (400): a care item needs the insurer's identifier")
+    stored = feed.get("/fhir/ExplanationOfBenefit", feed.admin).get_json()
+    assert identifiers(stored) == ["a1", "a2", "a3"]
+
+
+def test_reimporting_the_same_file_changes_nothing_and_corrections_make_new_versions(feed):
+    items = [care_item(f"a{n}") for n in range(5)]
+    finish(feed, kick_off(feed, ndjson(*items)))
+    items[2] = care_item("a2", code="VG")  # corrected
+    manifest = finish(feed, kick_off(feed, ndjson(*items)))
+    summary = download(feed, manifest["output"][0]["url"])[0]["issue"][0]["diagnostics"]
+    assert "5 lines, 0 created, 1 updated, 4 unchanged" in summary and manifest["error"] == []
+    found = feed.get(f"/fhir/ExplanationOfBenefit?identifier={INSURER_SYSTEM}|a2", feed.admin).get_json()
+    assert found["entry"][0]["resource"]["meta"]["versionId"] == "2"
+    untouched = feed.get(f"/fhir/ExplanationOfBenefit?identifier={INSURER_SYSTEM}|a3", feed.admin).get_json()
+    assert untouched["entry"][0]["resource"]["meta"]["versionId"] == "1"
+
+
+def test_the_job_runs_with_the_kick_off_principal(feed):
+    reader = feed.auth("system/*.rs system/Patient.cu", sub="reader")  # may write Patients, not care items
+    manifest = finish(feed, kick_off(feed, ndjson(care_item("a1")), reader), reader)
+    [refused] = download(feed, manifest["error"][0]["url"], reader)
+    assert refused["issue"][0]["diagnostics"].startswith("line 1 (403)")
+    assert feed.get("/fhir/ExplanationOfBenefit", feed.admin).get_json().get("entry") is None
+    nothing = feed.post("/fhir/$import", ndjson(care_item("a1")), feed.patient("pa"), NDJSON)
+    assert nothing.status_code == 403  # a token that may write nothing cannot start an import
+
+
+def test_only_the_client_that_started_an_import_sees_it(feed):
+    status_url = kick_off(feed, ndjson(care_item("a1")))
+    other = feed.auth("system/*.cruds", sub="someone-else")
+    assert feed.client.get(status_url, headers=other).status_code == 404
+    manifest = finish(feed, status_url)
+    assert feed.client.get(manifest["output"][0]["url"], headers=other).status_code == 404
+    assert feed.client.delete(status_url, headers=feed.insurer).status_code == 202
+    assert feed.client.get(status_url, headers=feed.insurer).status_code == 404
+
+
+def test_parameters_name_files_of_this_server(feed):
+    """The input of a Parameters kick-off is an $export-file URL of one of the caller's own exports."""
+    admin = feed.auth("system/*.cruds", sub="migration")
+    finish(feed, kick_off(feed, ndjson(care_item("a1"), care_item("a2")), admin), admin)
+    export = feed.get("/fhir/$export?_type=ExplanationOfBenefit", {**admin, "Prefer": "respond-async"})
+    exported = finish(feed, export.headers["Content-Location"], admin)["output"][0]["url"]
+    parameters = {"resourceType": "Parameters", "parameter": [{"name": "input", "part": [
+        {"name": "type", "valueCode": "ExplanationOfBenefit"}, {"name": "url", "valueUrl": exported}]}]}
+    response = feed.post("/fhir/$import", parameters, admin)
+    assert response.status_code == 202, response.get_json()
+    manifest = finish(feed, response.headers["Content-Location"], admin)
+    assert manifest["output"][0]["inputUrl"] == exported and manifest["output"][0]["count"] == 2
+    assert "0 created, 0 updated, 2 unchanged" in download(feed, manifest["output"][0]["url"], admin)[0][
+        "issue"][0]["diagnostics"]
+    elsewhere = dict(parameters, parameter=[{"name": "input", "part": [
+        {"name": "url", "valueUrl": "https://insurer.example/items.ndjson"}]}])
+    refused = feed.post("/fhir/$import", elsewhere, admin)
+    assert refused.status_code == 400 and "not a file of this server" in refused.get_json()["issue"][0]["diagnostics"]
