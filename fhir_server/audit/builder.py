@@ -21,6 +21,7 @@ Runs in the writer thread: parsing bodies and the look-ups it needs stay off the
 from __future__ import annotations
 
 import base64
+import html
 from datetime import datetime, timezone
 from typing import Any
 
@@ -125,7 +126,26 @@ class AuditEventBuilder:
         entities = self.entities(record)
         if entities:
             event["entity"] = entities
+        event["text"] = {"status": "generated", "div": self.narrative(event)}
         return event
+
+    @staticmethod
+    def narrative(event: dict) -> str:
+        """One line a portal can show as is: when, who (role, application), did what, to what, why, outcome."""
+        agents = event["agent"]
+        who = agents[0]["who"]
+        name = who.get("reference") or who.get("display") or who["identifier"]["value"]
+        role = agents[0]["role"][0]["coding"][0].get("display", "")
+        via = f", via {agents[1]['who']['display']}" if len(agents) > 1 else ""
+        what = (event.get("subtype") or [{}])[0].get("display") or event["type"]["display"]
+        items = [e["what"].get("reference") for e in event.get("entity", []) if "reference" in e.get("what", {})]
+        shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+        purpose = event["purposeOfEvent"][0]
+        why = purpose.get("text") or purpose["coding"][0].get("display") or purpose["coding"][0]["code"]
+        outcome = {"0": "success", "4": "refused", "8": "denied or failed"}.get(event["outcome"], event["outcome"])
+        line = (f"{event['recorded']}: {name} ({role}{via}) — {what}"
+                + (f" — {shown}" if shown else "") + f" — purpose: {why} — {outcome}")
+        return f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{html.escape(line, quote=False)}</p></div>'
 
     # -- who ---------------------------------------------------------------------------------
     def agents(self, record: AuditRecord, purpose: dict) -> list[dict]:

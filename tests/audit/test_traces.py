@@ -61,13 +61,19 @@ def test_a_read_is_traced_with_who_what_whom_and_why(record):
     assert app["who"]["identifier"] == {"system": CLIENT_SYSTEM, "value": "app-1"}
     assert patients(event) == {"Patient/pa"}
     assert items(event) == ["Observation/oa1/_history/1"]
+    # who looked at my record, when, and why, in one line a portal can show
+    line = event["text"]["div"]
+    assert all(part in line for part in (event["recorded"], "Practitioner/dr1", "via app-1", "read",
+                                         "Observation/oa1", "purpose: treatment", "success"))
 
 
 def test_a_professional_with_an_rpps_number_is_identified_by_it(record):
-    dr = {"resourceType": "Practitioner", "id": "dr2", "identifier": [{"system": RPPS_SYSTEM, "value": "810002345678"}]}
+    dr = {"resourceType": "Practitioner", "id": "dr2",
+          "identifier": [{"system": RPPS_SYSTEM, "value": "810002345678"}]}
     assert record.send("PUT", "/fhir/Practitioner/dr2", dr, admin_headers(record)).status_code == 201
     mark(record)
-    assert record.get("/fhir/Patient/pa", record.auth("user/*.rs", fhirUser="Practitioner/dr2", role="admin")).status_code == 200
+    headers = record.auth("user/*.rs", fhirUser="Practitioner/dr2", role="admin")
+    assert record.get("/fhir/Patient/pa", headers).status_code == 200
     event = one(traces(record))
     who = requestor(event)
     assert who["who"] == {"reference": "Practitioner/dr2", "identifier": {"system": RPPS_SYSTEM,
@@ -278,3 +284,27 @@ def test_tracing_can_be_switched_off(store, engine):
                 headers={"Content-Type": "application/fhir+json"})
     app.extensions["fhir_audit"].flush()
     assert client.get("/fhir/AuditEvent").get_json()["total"] == 0
+
+
+def test_a_bulk_export_kick_off_and_its_file_downloads_are_traced(record, tmp_path):
+    from fhir_server.bulk import BulkExports, BulkSettings
+    server = record.app.extensions["fhir"]
+    server.bulk.worker.stop()
+    server.bulk = BulkExports(server, BulkSettings(directory=str(tmp_path / "bulk")))
+    headers = {**admin_headers(record), "Accept": "application/fhir+json", "Prefer": "respond-async"}
+    kickoff = record.client.get("/fhir/Patient/$export?_type=Patient,Observation", headers=headers)
+    assert kickoff.status_code == 202, kickoff.get_json()
+    status_path = kickoff.headers["Content-Location"].split("http://fhir.test", 1)[1]
+    server.bulk.worker.run_pending()
+    manifest = record.get(status_path, headers).get_json()
+    files = [o["url"] for o in manifest["output"]]
+    for url in files:
+        assert record.get(url.split("http://fhir.test", 1)[1], headers).status_code == 200
+    events = traces(record)
+    assert [(code(e["subtype"]), e["action"]) for e in events] == \
+        [("operation", "E"), ("operation", "R")] + [("operation", "R")] * len(files)
+    query = one([e for e in events[0]["entity"] if code(e["role"]) == "24"])
+    assert query["description"] == "$export"
+    assert base64.b64decode(query["query"]).decode() == "_type=Patient,Observation"
+    downloaded = [x["what"]["identifier"]["value"] for e in events[2:] for x in e["entity"] if code(x["role"]) == "3"]
+    assert downloaded == files
