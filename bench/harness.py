@@ -156,6 +156,12 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that have exited and been waited for (e.g. a closed Pool)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def group_cpu_by_pid(pgid: int) -> dict[int, float]:
     """{pid: user+system CPU seconds} of the live processes in the server's process group."""
     tick = os.sysconf("SC_CLK_TCK")

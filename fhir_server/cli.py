@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--resume", action="store_true",
                       help="continue an interrupted load of the same files (progress kept in --state)")
     load.add_argument("--state", default="var/load-state.json", help="progress file for --resume")
+    load.add_argument("--workers", type=int, default=None,
+                      help="processes that validate and index ahead of the writes (default: the number of CPUs; "
+                           "0: all in this process)")
 
     from fhir_server.validation.cli import add_parser as add_validate_parser
     add_validate_parser(sub)
@@ -171,12 +174,15 @@ def _parsed(where: str, data: bytes, jsonio) -> Iterator[tuple[str, object]]:
 
 
 def load(args: argparse.Namespace) -> int:
+    import os
+
     from fhir_server.access.gate import ANONYMOUS, OpenGate
     from fhir_server.app import create_app
     from fhir_server.services.loader import Loader, LoadState
 
     settings = Settings.from_env(store_url=args.store, insecure_no_auth=True)
     server = create_app(settings, gate=OpenGate()).extensions["fhir"]
+    workers = (os.cpu_count() or 1) if args.workers is None else max(0, args.workers)
     inputs = sorted({f for path in args.paths for f in (_input_files(path))})
     state = LoadState(Path(args.state), inputs) if args.resume else None
     items = (item for path in inputs for item in iter_resources(path))
@@ -186,7 +192,9 @@ def load(args: argparse.Namespace) -> int:
             print(f"\rloaded {report.loaded}  rejected {len(report.rejected)}  skipped {report.skipped}", end="",
                   file=sys.stderr, flush=True)
 
-    report = Loader(server.resources, ANONYMOUS).load(items, chunk_size=args.chunk, state=state, progress=progress)
+    loader = Loader(server.resources, ANONYMOUS, workers=workers,  # workers fork: they share the built Engine
+                    worker_server=lambda: create_app(settings, gate=OpenGate(), engine=server.engine).extensions["fhir"])
+    report = loader.load(items, chunk_size=args.chunk, state=state, progress=progress)
     if not args.quiet:
         print(file=sys.stderr)
     print(f"{report.loaded} resources loaded, {len(report.rejected)} rejected"

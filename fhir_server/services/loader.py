@@ -1,26 +1,33 @@
 """Bulk loading for ``fhir-server load``: validated chunks written one store transaction each, resumable.
 
-Each chunk is written in ONE store transaction through the normal write path
-(validation included), which is several times faster than a transaction per
-resource; when a resource of the chunk is refused, the chunk is written again one
-resource at a time so that only the bad ones are rejected, with the reason. The
-position reached is saved after every chunk in a small state file, so an
-interrupted load started again with ``--resume`` continues where it stopped
-instead of creating resources twice.
+Every resource goes through the normal write path in its two steps
+(:meth:`ResourceService.prepare`, then ``create_in``/``update_in`` inside a
+transaction; docs/adr/0004-validation-and-storage.md). The first step (base and
+profile validation, index entries), which is most of the CPU, runs in worker
+processes when ``workers`` > 0, several chunks ahead; the main process writes each
+chunk, in input order, in ONE store transaction (several times faster than a
+transaction per resource). When a resource of the chunk is refused at write time,
+the chunk is written again one resource at a time so that only the bad ones are
+rejected, with the reason. The position reached is saved after every chunk in a
+small state file, so an interrupted load started again with ``--resume`` continues
+where it stopped instead of creating resources twice.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from fhir_server.access.gate import Principal
 from fhir_server.model.outcome import FHIRError
-from fhir_server.services.resources import ResourceService
+from fhir_server.services.resources import Prepared, ResourceService
 
 Item = tuple[str, object]  # (where it came from, parsed resource or the parse error)
+Ready = tuple[str, "Prepared | str"]  # (where, prepared resource or why it is rejected)
 
 
 @dataclass
@@ -68,15 +75,98 @@ def chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield chunk
 
 
+def prepare_item(resources: ResourceService, resource: object) -> Prepared:
+    """The first write step for one loaded resource (raises :class:`FHIRError` when it is refused).
+
+    Resources keep their own id, so references between loaded files hold: a resource with an id
+    is an update (create-on-update) when its type allows updates, else a create under that id."""
+    if isinstance(resource, Exception):
+        raise FHIRError.of(400, "structure", str(resource))
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        raise FHIRError.of(400, "structure", "not a FHIR resource")
+    rtype, rid = resource["resourceType"], resource.get("id")
+    resources.served(rtype, "create")
+    if rid and "update" in resources.definitions.served[rtype].interactions:
+        return resources.prepare("update", rtype, resource, rid)
+    return resources.prepare("create", rtype, resource, rid or None)
+
+
+def prepare_chunk(resources: ResourceService, chunk: list[Item]) -> list[Ready]:
+    out: list[Ready] = []
+    for where, resource in chunk:
+        try:
+            out.append((where, prepare_item(resources, resource)))
+        except FHIRError as exc:
+            out.append((where, describe(exc)))
+    return out
+
+
+# -- worker processes ----------------------------------------------------------------------------------
+_worker: Any = None  # in a worker process: the FHIRServer it prepares with
+_fingerprints: dict[int, tuple[int, str]] = {}  # id(registry) -> (its version, fingerprint)
+
+
+def registry_fingerprint(registry) -> str:
+    """What the index entries depend on in a search parameter registry (every parameter's type, expression,
+    components), comparable across processes; computed once per registry version."""
+    cached = _fingerprints.get(id(registry))
+    if cached is not None and cached[0] == registry.version:
+        return cached[1]
+    version = registry.version
+    digest = hashlib.sha256()
+    for rtype in registry.resource_types:
+        for code, param in sorted(registry.for_type(rtype).items()):
+            digest.update(repr((rtype, code, param.type, param.url, param.expression, param.targets,
+                                param.components)).encode())
+    _fingerprints[id(registry)] = (version, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def _start_worker(make_server: Callable[[], Any]) -> None:
+    global _worker
+    _worker = make_server()
+
+
+def _prepare_in_worker(chunk: list[Item]) -> tuple[str, list[Ready]]:
+    _worker.search_parameters.refresh(force=True)  # custom SearchParameters the main process committed
+    ready = prepare_chunk(_worker.resources, chunk)
+    return registry_fingerprint(_worker.resources.indexer.registry), ready
+
+
 class Loader:
-    def __init__(self, resources: ResourceService, principal: Principal):
+    """Loads items through the write path; see the module docstring.
+
+    ``workers`` > 0 prepares in that many processes, each with its own server built once by
+    ``worker_server`` (a callable returning a :class:`fhir_server.app.FHIRServer` on the same store;
+    processes are forked, so it is not pickled and may close over the parent's Engine).
+    """
+
+    def __init__(self, resources: ResourceService, principal: Principal, *, workers: int = 0,
+                 worker_server: Callable[[], Any] | None = None):
+        if workers and worker_server is None:
+            raise ValueError("worker processes need worker_server")
         self.resources = resources
         self.principal = principal
+        self.workers = workers
+        self.worker_server = worker_server
 
     def load(self, items: Iterable[Item], *, chunk_size: int = 500, state: LoadState | None = None,
              progress: Callable[[LoadReport], None] = lambda report: None) -> LoadReport:
         report = LoadReport()
         start = state.done() if state else 0
+        self.resources.store.prepare_bulk_load()
+        for position, ready in self._prepared(items, chunk_size, start, report):
+            self._write_chunk(ready, report)
+            if state:
+                state.save(position)
+            progress(report)
+        if state:
+            state.clear()
+        return report
+
+    def _todo(self, items: Iterable[Item], chunk_size: int, start: int,
+              report: LoadReport) -> Iterator[tuple[int, list[Item]]]:
+        """(position after the chunk, what of it is left to load), skipping what an earlier run loaded."""
         position = 0
         for chunk in chunks(items, chunk_size):
             if position + len(chunk) <= start:
@@ -85,56 +175,74 @@ class Loader:
                 continue
             todo = chunk[max(0, start - position):]
             report.skipped += len(chunk) - len(todo)
-            self._write_chunk(todo, report)
             position += len(chunk)
-            if state:
-                state.save(position)
-            progress(report)
-        if state:
-            state.clear()
-        return report
+            yield position, todo
 
-    def _write_chunk(self, chunk: list[Item], report: LoadReport) -> None:
-        """Write the chunk in one transaction; if any resource fails (validation included, which the
-        write path does), write them one by one so that only the bad ones are rejected."""
+    def _prepared(self, items: Iterable[Item], chunk_size: int, start: int,
+                  report: LoadReport) -> Iterator[tuple[int, list[Ready]]]:
+        """Chunks after the first write step, in input order: inline, or from the worker processes
+        (at most two chunks per worker in flight, so memory stays flat on any input size)."""
+        todo = self._todo(items, chunk_size, start, report)
+        if not self.workers:
+            for position, chunk in todo:
+                yield position, prepare_chunk(self.resources, chunk)
+            return
+        context = multiprocessing.get_context("fork")
+        with context.Pool(self.workers, initializer=_start_worker, initargs=(self.worker_server,)) as pool:
+            pending: deque = deque()
+            for position, chunk in todo:
+                pending.append((position, chunk, pool.apply_async(_prepare_in_worker, (chunk,))))
+                if len(pending) >= 2 * self.workers:
+                    yield self._collected(pending.popleft())
+            while pending:
+                yield self._collected(pending.popleft())
+
+    def _collected(self, job: tuple) -> tuple[int, list[Ready]]:
+        position, chunk, result = job
+        fingerprint, ready = result.get()
+        registry = self.resources.indexer.registry
+        current = registry.version
+        if fingerprint != registry_fingerprint(registry):
+            # the worker indexed with other search parameters than this process has now (e.g. a
+            # SearchParameter this load wrote was committed after the chunk went out): prepared again here
+            return position, prepare_chunk(self.resources, chunk)
+        for _, prepared in ready:  # indexed with every parameter this process knows: current here
+            if isinstance(prepared, Prepared):
+                prepared.registry_version = current
+        return position, ready
+
+    def _write_chunk(self, chunk: list[Ready], report: LoadReport) -> None:
+        """Write the chunk in one transaction; if any resource fails, write them one by one so that
+        only the bad ones are rejected."""
         valid = []
-        for where, resource in chunk:
-            try:
-                valid.append((where, self._checked(resource)))
-            except FHIRError as exc:
-                report.rejected.append((where, describe(exc)))
+        for where, prepared in chunk:
+            if isinstance(prepared, Prepared):
+                valid.append((where, prepared))
+            else:
+                report.rejected.append((where, prepared))
+        if not valid:
+            return
         try:
-            self.resources.atomic(lambda tx: [self._write(tx, resource) for _, resource in valid], what="load")
+            self.resources.atomic(lambda tx: [self._write(tx, prepared) for _, prepared in valid], what="load")
             report.loaded += len(valid)
         except FHIRError:
-            for where, resource in valid:  # one of them clashes: fall back to one transaction each
+            for where, prepared in valid:  # one of them clashes: fall back to one transaction each
                 try:
-                    self.resources.atomic(lambda tx: self._write(tx, resource), what=where)
+                    self.resources.atomic(lambda tx: self._write(tx, prepared), what=where)
                     report.loaded += 1
                 except FHIRError as exc:
                     report.rejected.append((where, describe(exc)))
 
-    def _checked(self, resource: object) -> dict:
-        if isinstance(resource, Exception):
-            raise FHIRError.of(400, "structure", str(resource))
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise FHIRError.of(400, "structure", "not a FHIR resource")
-        self.resources.served(resource["resourceType"], "create")
-        return resource
-
-    def _write(self, tx, resource: dict) -> None:
-        """Keep the resource's own id, so references between loaded files hold.
-
-        Append-only types (no update interaction, e.g. AuditEvent) are created under
-        their id once; loading them again leaves the stored one untouched.
-        """
-        rtype, rid = resource["resourceType"], resource.get("id")
-        if not rid:
-            self.resources.create_in(tx, self.principal, rtype, resource)
-        elif "update" in self.resources.definitions.served[rtype].interactions:
-            self.resources.update_in(tx, self.principal, rtype, rid, resource)
-        elif tx.current(rtype, rid) is None:
-            self.resources.create_in(tx, self.principal, rtype, resource, rid=rid)
+    def _write(self, tx, prepared: Prepared) -> None:
+        """The second write step. Append-only types (no update interaction, e.g. AuditEvent) are created
+        under their id once; loading them again leaves the stored one untouched."""
+        rtype, resource = prepared.rtype, prepared.resource
+        if prepared.interaction == "update":
+            self.resources.update_in(tx, self.principal, rtype, prepared.rid, resource, prepared=prepared)
+        elif not resource.get("id"):
+            self.resources.create_in(tx, self.principal, rtype, resource, prepared=prepared)
+        elif tx.current(rtype, prepared.rid) is None:
+            self.resources.create_in(tx, self.principal, rtype, resource, rid=prepared.rid, prepared=prepared)
 
 
 def describe(error: FHIRError) -> str:

@@ -4,6 +4,12 @@ This is where a request becomes a store write: the service checks the gate,
 validates, assigns the version and ``meta``, extracts the index entries and hands
 one atomic unit to the store. It knows nothing about HTTP; the REST layer maps its
 results and :class:`FHIRError` to responses.
+
+A create or update is done in two steps (docs/adr/0004-validation-and-storage.md):
+:meth:`ResourceService.prepare` does what needs no transaction (type and interaction
+check, base and profile validation, index entries, the new id) before any store
+lock is taken, and the ``*_in`` step, inside the transaction, does only what depends
+on the stored state (gate, conditional matches, version, ``meta``, the write).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from fhir_server.access.gate import AccessGate, Principal, id_clause
 from fhir_server.definitions import Definitions
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FHIRError, Issue, bad_request, not_found
+from fhir_server.search.entries import IndexEntries
 from fhir_server.search.extract import Indexer
 from fhir_server.search.parse import SearchParser
 from fhir_server.search.query import Query
@@ -35,6 +42,27 @@ log = logging.getLogger(__name__)
 def utc_now() -> str:
     """The current instant as FHIR ``instant`` text in UTC with microseconds."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Prepared:
+    """A body checked and indexed for a write, before the transaction (:meth:`ResourceService.prepare`).
+
+    ``rid`` is the id it will be stored under (a new one for a create without id). ``index`` holds
+    the entries of the stored version: the stamp adds only ``meta.versionId``/``meta.lastUpdated``,
+    which no index entry reads (``_lastUpdated`` is a resource column). ``registry_version`` is the
+    search parameter registry it was indexed with; the write re-indexes when that changed since.
+    Plain data: it can be made in another process (the loader's workers), which then sets
+    ``registry_version`` to the one its parameters correspond to here.
+    """
+
+    interaction: str  # "create" or "update": what the checks were made for
+    rtype: str
+    rid: str
+    resource: dict
+    issues: list[Issue]
+    index: IndexEntries
+    registry_version: Any = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +126,31 @@ class ResourceService:
             issues = issues + self.profiles.on_write(resource, rtype, issues)
         return issues
 
+    def prepare(self, interaction: str, rtype: str, resource: Any, rid: str | None = None) -> Prepared:
+        """What a create (``rid``: the id to use, else a new one) or an update (``rid``: the URL id) needs
+        that does not depend on the stored state, done outside any transaction: the served check, base
+        and profile validation (raising exactly what the ``*_in`` step would) and the index entries."""
+        self.served(rtype, interaction)
+        issues = self.validate(resource, rtype, rid if interaction == "update" else None)
+        rid = rid or str(uuid.uuid4())
+        return Prepared(interaction, rtype, rid, resource, issues, *self._index_for(resource, rid))
+
+    def _index_for(self, resource: dict, rid: str) -> tuple[IndexEntries, Any]:
+        """The index entries of ``resource`` once stored as ``rid``, and the registry version they follow."""
+        version = self.indexer.registry.version
+        meta = resource.get("meta")
+        if isinstance(meta, dict) and ("versionId" in meta or "lastUpdated" in meta):
+            meta = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        body = dict(resource, id=rid)
+        if meta is not None:
+            body["meta"] = meta
+        return self.indexer.index(body), version
+
+    def _prepared_index(self, prepared: Prepared) -> IndexEntries:
+        if prepared.registry_version == self.indexer.registry.version:
+            return prepared.index
+        return self._index_for(prepared.resource, prepared.rid)[0]  # a SearchParameter changed meanwhile
+
     def stamp(self, resource: dict, rid: str, version: int, now: str) -> dict:
         """Set id and meta.versionId/lastUpdated; everything else stays as the client sent it."""
         meta = dict(resource.get("meta") or {})
@@ -109,12 +162,13 @@ class ResourceService:
         return out
 
     def _write(self, tx: Transaction, resource: dict, rid: str, current: StoredResource | None,
-               method: str) -> StoredResource:
+               method: str, index: IndexEntries | None = None) -> StoredResource:
         version = (current.version + 1) if current else 1
         now = self.clock()
         stamped = self.stamp(resource, rid, version, now)
         stored = StoredResource(stamped["resourceType"], rid, version, now, False, jsonio.dumps(stamped), method)
-        tx.put(stored, self.indexer.index(stamped), expected_version=current.version if current else None)
+        tx.put(stored, self.indexer.index(stamped) if index is None else index,
+               expected_version=current.version if current else None)
         self._wrote(tx, stored)
         return stored
 
@@ -165,6 +219,15 @@ class ResourceService:
             raise FHIRError.of(403, "forbidden", f"This access token may not {interaction} this {rtype}: the "
                                "result would be outside what it may reach (another patient's record, or outside "
                                "its granular scopes)")
+
+    def _prepared_for(self, prepared: Prepared | None, interaction: str, rtype: str, resource: Any,
+                      rid: str | None) -> Prepared:
+        """``prepared`` when it was made for this very write, else the preparation done now (in the
+        transaction: transaction Bundles, conditional updates)."""
+        if prepared is not None and prepared.resource is resource and prepared.rtype == rtype \
+                and prepared.interaction == interaction and (rid is None or prepared.rid == rid):
+            return prepared
+        return self.prepare(interaction, rtype, resource, rid)
 
     @staticmethod
     def check_if_match(current: StoredResource | None, if_match: int | None) -> None:
@@ -239,13 +302,15 @@ class ResourceService:
         """
         for _ in range(MAX_RETRIES):
             written: list[StoredResource] = []
+
+            def run(tx: Transaction) -> T:
+                self._written[id(tx)] = written
+                try:
+                    return action(tx)
+                finally:
+                    del self._written[id(tx)]
             try:
-                with self.store.transaction() as tx:
-                    self._written[id(tx)] = written
-                    try:
-                        result = action(tx)
-                    finally:
-                        del self._written[id(tx)]
+                result = self.store.atomically(run)  # committed (and durable) when it returns
                 if self.on_write is not None:
                     self._notify(written)
                 return result
@@ -256,12 +321,15 @@ class ResourceService:
 
     def create(self, principal: Principal, rtype: str, resource: Any,
                if_none_exist: str | None = None) -> WriteResult:
-        return self.atomic(lambda tx: self.create_in(tx, principal, rtype, resource, if_none_exist),
-                           what=f"{rtype}")
+        prepared = self.prepare("create", rtype, resource)  # validated and indexed before the store lock
+        return self.atomic(lambda tx: self.create_in(tx, principal, rtype, resource, if_none_exist,
+                                                     prepared=prepared), what=f"{rtype}")
 
     def update(self, principal: Principal, rtype: str, rid: str, resource: Any,
                if_match: int | None = None) -> WriteResult:
-        return self.atomic(lambda tx: self.update_in(tx, principal, rtype, rid, resource, if_match),
+        prepared = self.prepare("update", rtype, resource, rid)
+        return self.atomic(lambda tx: self.update_in(tx, principal, rtype, rid, resource, if_match,
+                                                     prepared=prepared),
                            if_match=if_match, what=f"{rtype}/{rid}")
 
     def conditional_update(self, principal: Principal, rtype: str, criteria: str, resource: Any,
@@ -288,10 +356,13 @@ class ResourceService:
 
     # -- the interactions inside a transaction (also used by transaction Bundles) ----------------
     def create_in(self, tx: Transaction, principal: Principal, rtype: str, resource: Any,
-                  if_none_exist: str | None = None, rid: str | None = None) -> WriteResult:
-        """Create; with ``If-None-Exist`` return the single existing match instead (200)."""
-        self.served(rtype, "create")
-        issues = self.validate(resource, rtype, None)
+                  if_none_exist: str | None = None, rid: str | None = None,
+                  prepared: Prepared | None = None) -> WriteResult:
+        """Create; with ``If-None-Exist`` return the single existing match instead (200).
+
+        ``prepared`` (:meth:`prepare` of this body for a create) saves the checks already made."""
+        prepared = self._prepared_for(prepared, "create", rtype, resource, rid)
+        issues = prepared.issues
         self.gate.authorize(principal, "create", rtype, resource)
         if if_none_exist:
             matches = self.matches(tx, principal, rtype, if_none_exist, "create")
@@ -306,15 +377,16 @@ class ResourceService:
                                    f"'{if_none_exist}'; retry to get its result") from None
         # the gate's record rules may refuse, and stamp server-managed tags (the author) that are
         # indexed: any index computed ahead of this point must be recomputed if the resource changed
-        self.gate.check_write(principal, "create", rtype, resource, None)
-        stored = self._write(tx, resource, rid or str(uuid.uuid4()), None, "POST")
+        changed = self.gate.check_write(principal, "create", rtype, resource, None, tx)
+        index = self._index_for(resource, prepared.rid)[0] if changed else self._prepared_index(prepared)
+        stored = self._write(tx, resource, prepared.rid, None, "POST", index)
         self._check_in_reach(tx, principal, "create", rtype, stored.id)
         return WriteResult(stored, True, issues)
 
     def update_in(self, tx: Transaction, principal: Principal, rtype: str, rid: str, resource: Any,
-                  if_match: int | None = None) -> WriteResult:
-        self.served(rtype, "update")
-        issues = self.validate(resource, rtype, rid)
+                  if_match: int | None = None, prepared: Prepared | None = None) -> WriteResult:
+        prepared = self._prepared_for(prepared, "update", rtype, resource, rid)
+        issues = prepared.issues
         self.gate.authorize(principal, "update", rtype, resource)
         current = tx.current(rtype, rid)
         if current is None or current.deleted:
@@ -323,10 +395,11 @@ class ResourceService:
             raise FHIRError.of(403, "forbidden", f"This access token may not update {rtype}/{rid}")
         self.check_if_match(current, if_match)
         live = current if current is not None and not current.deleted else None
-        self.gate.check_write(principal, "update" if live else "create", rtype, resource, live)  # see create_in
+        changed = self.gate.check_write(principal, "update" if live else "create", rtype, resource, live, tx)
         if current is not None and not current.deleted and self._unchanged(current, resource):
             return WriteResult(current, False, issues)
-        stored = self._write(tx, resource, rid, current, "PUT")
+        index = self._index_for(resource, rid)[0] if changed else self._prepared_index(prepared)
+        stored = self._write(tx, resource, rid, current, "PUT", index)
         self._check_in_reach(tx, principal, "update" if current is not None and not current.deleted else "create",
                              rtype, rid)
         return WriteResult(stored, current is None or current.deleted, issues)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import abc
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from fhir_server.search.entries import IndexEntries
+
+T = TypeVar("T")
 
 
 class VersionConflict(Exception):
@@ -86,6 +88,20 @@ class Store(abc.ABC):
     def transaction(self) -> AbstractContextManager[Transaction]:
         """A write transaction: committed on normal exit, rolled back on exception."""
 
+    def atomically(self, action: Callable[[Transaction], T]) -> T:
+        """Run ``action`` in a write transaction of its own and commit it; return what it returned.
+
+        Same contract as ``with self.transaction() as tx: return action(tx)``: when ``action``
+        raises, none of its writes land and the exception propagates; when this returns, the
+        writes are committed and durable. A backend may commit the actions of concurrent
+        callers together (group commit: one durable flush for several), each still all or
+        nothing on its own and one failing never failing the others; ``action`` may then run on
+        another thread (in a copy of the caller's ``contextvars`` context), so it must not rely
+        on thread identity.
+        """
+        with self.transaction() as tx:
+            return action(tx)
+
     @abc.abstractmethod
     def read(self, rtype: str, rid: str) -> StoredResource | None:
         """The current version, or the deletion marker, or None if the id never existed."""
@@ -110,6 +126,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def read_many(self, keys: list[tuple[str, str]]) -> list[StoredResource]:
         """Current, non-deleted versions of the given (type, id) pairs, in no particular order."""
+
+    def prepare_bulk_load(self) -> None:
+        """A hint before many writes from this thread (``fhir-server load``): a backend may size its caches
+        for them. Changes nothing of what is stored or how durably."""
 
     def iterate(self, rtype: str) -> Iterator[StoredResource]:
         """Every current, non-deleted resource of a type (reindex, export)."""

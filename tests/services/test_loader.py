@@ -72,3 +72,73 @@ def test_the_load_command_reports_what_was_rejected(tmp_path, capsys):
     assert code == 1
     assert "1 resources loaded, 1 rejected" in out
     assert "data.ndjson:2" in out and "Patient.birthDate" in out
+
+
+# -- worker processes (validation and indexing in forked workers, writes in this process) -------------------
+
+def load_with_workers(server, items, **kwargs):
+    return Loader(server.resources, ANONYMOUS, workers=2, worker_server=lambda: server).load(items, **kwargs)
+
+
+def test_with_workers_bad_resources_are_rejected_with_reasons_and_the_rest_lands(server):
+    items = [(f"ok{n}", patient(n)) for n in range(25)]
+    items[3] = ("bad-gender", dict(patient(3), gender="robot"))
+    items[11] = ("unknown-type", {"resourceType": "Spaceship"})
+    items[17] = ("broken", ValueError("broken JSON"))
+    items[20] = ("no-resource", ["not", "a", "resource"])
+    report = load_with_workers(server, items, chunk_size=4)
+    rejected = dict(report.rejected)
+    assert set(rejected) == {"bad-gender", "unknown-type", "broken", "no-resource"}
+    assert "Patient.gender" in rejected["bad-gender"] and "Spaceship" in rejected["unknown-type"]
+    assert "broken JSON" in rejected["broken"]
+    assert report.loaded == 21
+    expected = {f"p{n}" for n in range(25)} - {"p3", "p11", "p17", "p20"}
+    assert {r.id for r in server.store.read_many([("Patient", f"p{n}") for n in range(25)])} == expected
+    query = server.parser.parse(("Patient",), [("family", "Family24")]).query
+    assert [r.id for r in server.store.search(query, count=10).resources] == ["p24"], "indexed by the workers"
+
+
+def test_with_workers_the_load_keeps_input_order_and_resumes(server, tmp_path):
+    source = tmp_path / "patients.ndjson"
+    source.write_text("\n".join(json.dumps(patient(n)) for n in range(30)))
+    state = LoadState(tmp_path / "state.json", [source])
+
+    def crash(report):
+        if report.loaded >= 12:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        load_with_workers(server, iter_resources(source), chunk_size=4, state=state, progress=crash)
+    assert state.done() == 12
+    report = load_with_workers(server, iter_resources(source), chunk_size=4, state=state)
+    assert report.skipped == 12 and report.loaded == 18
+    history = server.store.history("Patient", count=100)
+    assert history.total == 30, "no resource was written twice"
+    assert [e.id for e in reversed(history.entries)] == [f"p{n}" for n in range(30)], "written in input order"
+
+
+def test_with_workers_a_search_parameter_loaded_first_indexes_what_follows(server):
+    """Chunks prepared by the workers before the SearchParameter was committed are prepared again."""
+    mmn = "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName"
+    sp = {"resourceType": "SearchParameter", "id": "mmn", "url": "http://example.org/fhir/SearchParameter/mmn",
+          "name": "MothersMaidenName", "status": "active", "description": "Mother's maiden name",
+          "code": "mothers-maiden-name", "base": ["Patient"], "type": "string",
+          "expression": f"Patient.extension('{mmn}').value"}
+    items = [("sp", sp)] + [(f"p{n}", dict(patient(n), extension=[{"url": mmn, "valueString": f"Maiden{n}"}]))
+                            for n in range(12)]
+    report = load_with_workers(server, items, chunk_size=1)
+    assert report.loaded == 13 and not report.rejected
+    for n in (0, 5, 11):
+        query = server.parser.parse(("Patient",), [("mothers-maiden-name", f"Maiden{n}")]).query
+        assert [r.id for r in server.store.search(query, count=10).resources] == [f"p{n}"]
+
+
+def test_the_load_command_with_workers(tmp_path, capsys):
+    source = tmp_path / "data.ndjson"
+    source.write_text("\n".join(json.dumps(dict(patient(n), birthDate="12/25/1974") if n == 7 else patient(n))
+                                for n in range(40)) + "\n")
+    code = main(["load", "--quiet", "--workers", "2", "--chunk", "8", "--store",
+                 f"sqlite:///{tmp_path / 'db.sqlite3'}", str(source)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "39 resources loaded, 1 rejected" in out
+    assert "data.ndjson:8" in out and "Patient.birthDate" in out
