@@ -86,3 +86,9 @@ def test_the_window_does_not_block_the_feed(history):
     again = history.post("/fhir", bundle([care_item("day-before", served="2024-11-25")]), history.insurer)
     assert again.get_json()["entry"][0]["response"]["status"] == "200 OK"
     assert again.get_json()["entry"][0]["response"]["etag"] == 'W/"1"'
+
+
+def test_type_history_shows_no_version_of_an_expired_item(history):
+    listed = history.get("/fhir/ExplanationOfBenefit/_history", history.admin)
+    assert listed.status_code == 200, listed.get_json()
+    assert identifiers(listed.get_json()) == SHOWN
