@@ -148,9 +148,7 @@ def definition(rid: str, version: int, resource: dict, parser: "SearchParser") -
                       parse_instant(end) if isinstance(end, str) else None)
 
 
-def owner_of(principal: "Principal | None") -> str:
-    if principal is None:
-        return "server-operator"  # no request: the command line (fhir-server load) run by the operator
+def owner_of(principal: "Principal") -> str:
     return principal.client_id or principal.subject
 
 
@@ -161,7 +159,8 @@ class SubscriptionValidator:
     and stores nothing); then, during a request, the principal must be allowed to search the criteria's
     type without limits of its own (403 otherwise: see the ADR); an accepted ``requested`` subscription
     is activated in place (``status: active``, ``error`` removed) and the owner tag is set, so the
-    version stored is the active one.
+    version stored is the active one. Outside a request (``fhir-server load``, ``$import``) the writer
+    is unknown here: the subscription is stored ``off``, to be re-requested through the API.
     """
 
     def __init__(self, inner: Any, server: Any, *, activate: bool = True) -> None:
@@ -182,17 +181,30 @@ class SubscriptionValidator:
 
     def accept(self, resource: dict) -> None:
         principal = current_principal()
-        rtype = resource["criteria"].strip().partition("?")[0]
-        if principal is not None:
-            self.server.subscriptions.check_owner(principal, rtype)
-        if resource.get("status") == "requested":
-            resource["status"] = "active"
-            resource.pop("error", None)
         meta = dict(resource.get("meta") or {})
         tags = [t for t in meta.get("tag") or () if not (isinstance(t, dict) and t.get("system") == OWNER_SYSTEM)]
-        tags.append({"system": OWNER_SYSTEM, "code": owner_of(principal)})
-        meta["tag"] = tags
-        resource["meta"] = meta
+        if principal is None:
+            # outside a request (fhir-server load, $import): who asked is unknown here, so nothing vouches
+            # that they may receive what it would send: stored off until a client re-requests it
+            if resource.get("status") in DELIVERED or resource.get("status") == "requested":
+                resource["status"] = "off"
+                resource["error"] = ("Written outside the REST API (load or $import): set status to 'requested' "
+                                     "through the API to activate it")
+        else:
+            rtype = resource["criteria"].strip().partition("?")[0]
+            self.server.subscriptions.check_owner(principal, rtype)
+            if resource.get("status") == "requested":
+                resource["status"] = "active"
+                resource.pop("error", None)
+            tags.append({"system": OWNER_SYSTEM, "code": owner_of(principal)})
+        if tags:
+            meta["tag"] = tags
+        else:
+            meta.pop("tag", None)
+        if meta:
+            resource["meta"] = meta
+        else:
+            resource.pop("meta", None)
 
     def __getattr__(self, name: str) -> Any:  # everything else the wrapped validator offers
         if name in ("inner", "server", "activate"):

@@ -320,3 +320,14 @@ def test_a_client_limited_on_the_criteria_type_may_not_subscribe(store, engine):
         assert {"system": OWNER_SYSTEM, "code": "app-1"} in stored["meta"]["tag"]
     finally:
         app.extensions["fhir"].subscriptions.close()
+
+
+def test_a_subscription_written_outside_the_api_is_stored_off(server, receiver):
+    from fhir_server.access.gate import ANONYMOUS
+    sub = subscription(receiver.url)
+    sub["meta"] = {"tag": [{"system": OWNER_SYSTEM, "code": "forged"}]}
+    stored = server.resources.create(ANONYMOUS, "Subscription", sub).resource  # as the loader or $import do
+    body = json.loads(stored.body)
+    assert body["status"] == "off" and "requested" in body["error"]
+    assert "tag" not in body["meta"]
+    assert server.subscriptions.active() == []
