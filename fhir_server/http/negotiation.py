@@ -25,6 +25,22 @@ def response_type(request: Request) -> str:
             return FORMAT_ALIASES[fmt]
         raise FHIRError.of(406, "not-supported", f"_format '{fmt}' is not supported; this server speaks "
                            "application/fhir+json", "_format")
+    header = request.headers.get("Accept")
+    if not header:
+        return FHIR_JSON
+    known = _ACCEPTED.get(header)
+    if known is not None:
+        return known
+    answer = _negotiate(request)
+    if len(_ACCEPTED) < 256:  # the few Accept headers clients send: parsed once per process
+        _ACCEPTED[header] = answer
+    return answer
+
+
+_ACCEPTED: dict[str, str] = {}  # Accept header -> the media type it negotiated (headers that negotiate one)
+
+
+def _negotiate(request: Request) -> str:
     accept = request.accept_mimetypes
     if not accept or accept.provided is False:
         return FHIR_JSON

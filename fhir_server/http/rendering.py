@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import Any
 
 from fhir_server.definitions import Definitions
@@ -79,6 +80,7 @@ class Renderer:
         return self.subset(resource, summary, elements)
 
 
+@lru_cache(maxsize=4096)
 def http_date(instant: str) -> str:
     """FHIR instant → RFC 7231 date for Last-Modified."""
     return format_datetime(datetime.fromisoformat(instant.replace("Z", "+00:00")), usegmt=True)
