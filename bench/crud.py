@@ -612,11 +612,25 @@ class Server:
                 response.read()
                 conn.close()
                 if response.status == 200:
+                    self.wait_for_workers()
                     return
             except OSError:
                 pass
             time.sleep(0.25)
         raise RuntimeError(f"/fhir/metadata did not answer 200 within {STARTUP_TIMEOUT:.0f} s:\n" + self.log_tail())
+
+    def wait_for_workers(self, limit: float = 30.0) -> None:
+        """Wait until every gunicorn worker has booted (the master plus ``workers`` processes, and their CPU
+        use has settled): the first answer comes from the first worker ready, and keep-alive connections
+        opened before the others are ready would all stay on it (one worker doing all the work)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            before = group_cpu_by_pid(self.pgid)
+            time.sleep(0.5)
+            after = group_cpu_by_pid(self.pgid)
+            busy = sum(after.values()) - sum(v for k, v in before.items() if k in after)
+            if len(after) >= self.workers + 1 and busy / 0.5 < 0.15:
+                return
 
     @property
     def pgid(self) -> int:
@@ -679,6 +693,7 @@ class Round:
     wrk: PhaseResult | None
     server_problems: list[str]
     workers: int = 1
+    loadavg: str = ""  # at the start and end of the round
 
 
 def json_request(method: str, path: str, body: dict, **headers: str) -> Request:
@@ -696,6 +711,7 @@ def one_round(number: int, args, workdir: Path, wrk: str | None) -> Round:
     rng = random.Random(args.seed + number)
     server = Server(workdir, args.workers, args.threads, args.synchronous)
     wait_for_quiet(args.wait_idle)
+    load_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
     try:
         server.start()
         print(f"round {number + 1}/{args.repeat}: server pid {server.proc.pid} on port {server.port}, "
@@ -766,7 +782,8 @@ def one_round(number: int, args, workdir: Path, wrk: str | None) -> Round:
         update = run_phase("update", server.port, server.pgid, args.clients, jobs=jobs)
         check_alive(server, "update")
         print(f"  update: {update.ok}/{update.requests} = {update.rps:.0f}/s", file=sys.stderr)
-        return Round(create, read, update, wrk_result, server.problems(), args.workers)
+        return Round(create, read, update, wrk_result, server.problems(), args.workers,
+                     f"{load_start} → {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     except BaseException:
         if server.proc is not None:
             print("server log (tail):\n" + server.log_tail(), file=sys.stderr)
@@ -986,6 +1003,9 @@ def report(rounds: list[Round], args, facts: dict[str, str], command: str, start
              "Create latency by resource type (medians over the rounds):",
              "",
              per_type_table(rounds),
+             "",
+             "Load average (1, 5, 15 min) at the start → end of each round: "
+             + "; ".join(f"round {i + 1}: {r.loadavg}" for i, r in enumerate(rounds)) + ".",
              "",
              verdict(rounds)]
     failures = failures_text(rounds)
