@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from datetime import timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -88,7 +89,7 @@ class FHIRServer:
                     if engine.profiles is not None else None)
         self.resources = ResourceService(engine.definitions, self.store, engine.validator, engine.indexer,
                                          self.parser, self.gate, on_write=self._written,
-                                         profiles=profiles)
+                                         profiles=profiles, clock=self._instant_now)
         self.search = SearchService(self.store, self.parser, engine.indexer, self.gate, served)
         self.operations = OperationService(engine.definitions, self.store, self.resources, self.search,
                                            engine.validator, engine.indexer, self.gate)
@@ -113,6 +114,11 @@ class FHIRServer:
         self.subscriptions = SubscriptionService(self)
         self.add_write_listener(self.subscriptions.on_write)
         self.subscriptions.load()
+
+    def _instant_now(self) -> str:
+        """meta.lastUpdated from the settings' clock (a fake one in tests of the record's timed rules)."""
+        return self.settings.clock().astimezone(timezone.utc).isoformat(timespec="microseconds").replace(
+            "+00:00", "Z")
 
     def add_write_listener(self, listener: Callable[[StoredResource], None]) -> None:
         """Call ``listener`` with every version written through the services, after its commit."""
@@ -192,7 +198,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     from fhir_server.http.bulk_api import bulk_api
     app.register_blueprint(bulk_api, url_prefix="/fhir")
     from fhir_server import policy  # the record's rules: $emergency-access, notifications (issue #7)
-    policy.install(app, server)
+    policy.install(app, server, jobs=bulk_worker)
     import auth  # the SMART authorization server: /auth/..., /fhir/.well-known/smart-configuration
     auth.init_app(app, server)
     app.url_map.strict_slashes = False

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--bundle-size", type=int, default=0, help="also write batch Bundles of this many items")
     demo.add_argument("--out", type=Path, default=Path("var/demo"))
 
+    jobs = sub.add_parser("record-jobs", help="run the record's timed rules now (items invisible to the patient, "
+                          "closed records); serve runs them every hour")
+    jobs.add_argument("--store")
+    jobs.add_argument("--otp-outbox", help="write notifications to this directory (development)")
+
     from auth.cli import add_parsers as add_auth_parsers  # clients add, users add, launch
     add_auth_parsers(sub)
     return parser
@@ -83,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from auth.cli import COMMANDS as AUTH_COMMANDS
     from fhir_server.validation.cli import run as validate
     return {"serve": serve, "load": load, "reindex": reindex, "validate": validate, "purge": purge, "demo": demo,
+            "record-jobs": record_jobs,
             **AUTH_COMMANDS}[args.command](args)
 
 
@@ -281,3 +287,24 @@ def demo(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def record_jobs(args: argparse.Namespace) -> int:
+    """Run the record's timed rules once (fhir_server.policy.schedule); prints what changed."""
+    from auth.senders import build_sender
+    from fhir_server.access.gate import OpenGate
+    from fhir_server.app import create_app
+    from fhir_server.policy.notifications import Notifier
+    from fhir_server.policy.relations import RecordPolicy, RelationFinder
+    from fhir_server.policy.schedule import run_record_jobs
+
+    settings = Settings.from_env(store_url=args.store, insecure_no_auth=True, otp_outbox=args.otp_outbox)
+    server = create_app(settings, gate=OpenGate()).extensions["fhir"]
+    try:
+        report = run_record_jobs(server, Notifier(server, build_sender(settings)),
+                                 RelationFinder(server, RecordPolicy(), settings.clock))
+    finally:
+        server.store.close()
+    print(f"{len(report.notified)} patients told of items awaiting announcement, {len(report.lifted)} items made "
+          f"visible to their patient, {len(report.deleted)} closed records deleted")
+    return 0

@@ -441,7 +441,7 @@ class ResourceService:
             raise bad_request(f"Malformed JSON Patch: {exc}", code="structure") from None
         issues = self.validate(patched, rtype, rid)
         self.gate.authorize(principal, "patch", rtype, patched)
-        self.gate.check_write(principal, "patch", rtype, patched, current)  # see create_in
+        self.gate.check_write(principal, "patch", rtype, patched, current, tx)  # see create_in
         stored = self._write(tx, patched, rid, current, "PATCH")
         self._check_in_reach(tx, principal, "patch", rtype, rid)
         return WriteResult(stored, False, issues)
@@ -461,7 +461,7 @@ class ResourceService:
         current = tx.current(rtype, rid)
         if current is None or current.deleted or not self.visible(principal, "delete", rtype, rid, tx):
             return None  # out of reach: nothing this principal can see to delete, like an unknown id
-        self.gate.check_write(principal, "delete", rtype, None, current)
+        self.gate.check_write(principal, "delete", rtype, None, current, tx)
         marker = StoredResource(rtype, rid, current.version + 1, self.clock(), True, None, "DELETE")
         tx.put(marker, None, expected_version=current.version)
         self._wrote(tx, marker)
@@ -490,12 +490,22 @@ class ResourceService:
         self.gate.authorize(principal, interaction, rtype, None)
         if rid is None:
             types = [rtype] if rtype is not None else sorted(self.definitions.served)
-            if any(self.gate.limits(principal, t, interaction) for t in types):
+            limited = {t for t in types if self.gate.limits(principal, t, interaction)}
+            if any(self.gate.limits(principal, t, interaction) != self.gate.standing_limits(t, interaction)
+                   for t in limited):
                 raise FHIRError.of(403, "forbidden", "Type and system history are not available to this access "
                                    "token: it is limited to part of the record (a patient, or granular scopes) "
                                    "and past versions cannot be filtered; use instance history "
                                    "([type]/[id]/_history) or search")
-            return self.store.history(rtype, rid, since=since, before=at, count=count, cursor=cursor)
+            page = self.store.history(rtype, rid, since=since, before=at, count=count, cursor=cursor)
+            if not limited:
+                return page
+            # only rules every principal is held to (e.g. the care history's window): checked per version
+            entries = [e for e in page.entries
+                       if e.type not in limited or self.version_visible(principal, interaction, e)]
+            whole = cursor is None and page.next_cursor is None and page.total is not None  # one page: exact
+            return HistoryPage(entries, page.next_cursor, page.total - (len(page.entries) - len(entries))
+                               if whole else None)
         limited = bool(self.gate.limits(principal, rtype, interaction))
         if limited and not self.visible(principal, interaction, rtype, rid) \
                 or not limited and self.store.read(rtype, rid) is None:
