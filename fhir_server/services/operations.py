@@ -28,6 +28,9 @@ from fhir_server.validation.structure import StructureValidator
 
 VALIDATE_MODES = ("create", "update", "delete")
 META_LISTS = ("profile", "tag", "security")
+# traces of accesses to the record: in the patient's compartment, but not part of "everything" unless _type asks
+# (each $everything request is itself traced: the walk would never end, and clinical apps do not want them)
+TRACE_TYPES = frozenset({"AuditEvent"})
 EVERYTHING_DEFAULT_COUNT = 50
 EVERYTHING_MAX_COUNT = 1000
 ID_CHUNK = 500  # ids per ``_id`` query when fetching referenced resources
@@ -484,7 +487,7 @@ class OperationService:
         walk, includable, refused = [], [], []
         for group, out in ((self.compartment_types(), walk), (self.include_types(), includable)):
             for rtype in group:
-                if wanted is not None and rtype not in wanted:
+                if wanted is not None and rtype not in wanted or wanted is None and rtype in TRACE_TYPES:
                     continue
                 try:
                     self.gate.authorize(principal, "search", rtype, None)
