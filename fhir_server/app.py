@@ -103,7 +103,7 @@ class FHIRServer:
         from fhir_server.bulk.imports import BulkImports
         # the care history (issue #8): its 24-month window holds every principal; a care item needs a known patient
         self.care_window = CareHistoryWindow(self.parser, self.settings.clock)
-        self.gate.add_standing_rule(self.care_window.rule)
+        self.gate.add_standing_rule(self.care_window)  # a rule that also speaks for queries over several types
         self.resources.validator = PatientReferenceCheck(self.resources.validator, self.store)
         self.imports = BulkImports(self)  # $import jobs, run by the bulk worker
         from fhir_server.subscriptions import SubscriptionService, SubscriptionValidator

@@ -116,11 +116,27 @@ class AccessGate(abc.ABC):
         extra = self.limits(principal, types[0] if types else None, interaction)
         for rtype in types[1:]:
             if self.limits(principal, rtype, interaction) != extra:
-                raise FHIRError.of(403, "forbidden", "This access token limits the resource types of this "
-                                   "search differently; search them one type at a time")
+                extra = self._limits_across(principal, types, interaction)
+                break
         if not extra and all(a is b for a, b in zip(inner, query.clauses)):
             return query
         return Query(types=query.types, clauses=[*inner, *extra], sort=query.sort)
+
+    def _limits_across(self, principal: Principal, types: tuple[str, ...], interaction: str) -> list:
+        """The limits of one query over several types that are limited differently. Possible only when the
+        principal's own limits agree and every standing rule that limits some of the types can state its
+        clauses in a form true of the others (``rule.across(types, interaction)``, e.g. the care history's
+        ``service-date`` window ORed with ``service-date:missing``); otherwise 403."""
+        standing = {t: self.standing_limits(t, interaction) for t in types}
+        own = [[c for c in self.limits(principal, t, interaction) if c not in standing[t]] for t in types]
+        rules = [r for r in self.standing_rules if any(r(t, interaction) for t in types)]
+        if any(limit != own[0] for limit in own) or not all(hasattr(r, "across") for r in rules):
+            raise FHIRError.of(403, "forbidden", "This access token limits the resource types of this "
+                               "search differently; search them one type at a time")
+        out = list(own[0])
+        for rule in rules:
+            out.extend(c for c in rule.across(types, interaction) if c not in out)
+        return out
 
     def _constrain_clause(self, principal: Principal, clause: Any, served: tuple[str, ...]) -> Any:
         if isinstance(clause, AnyOf):

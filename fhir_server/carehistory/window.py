@@ -26,6 +26,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from fhir_server.carehistory import EOB
+from fhir_server.search.query import AnyOf
 
 MONTHS = 24
 ZONE = ZoneInfo("Europe/Paris")
@@ -60,6 +61,7 @@ class CareHistoryWindow:
         self.months = months
         self._lock = threading.Lock()
         self._cached: tuple[date, list] | None = None
+        self._missing: Any = None
 
     def cutoff(self) -> date:
         return cutoff_day(self.clock(), self.months)
@@ -79,3 +81,14 @@ class CareHistoryWindow:
     def rule(self, rtype: str, interaction: str) -> list:
         """The gate's standing rule: every principal finds and reads only the care items in the window."""
         return self.clauses() if rtype == EOB else []
+
+    __call__ = rule  # the window itself is the standing rule registered on the gate
+
+    def across(self, types: tuple[str, ...], interaction: str) -> list:
+        """The rule for one query over several types (system search, ``$everything``, ``_revinclude=*``):
+        in the window, or without any service date, which every resource of another type is."""
+        if EOB not in types:
+            return []
+        if self._missing is None:
+            self._missing = self.parser.parse((EOB,), [(f"{PARAM}:missing", "true")], strict=True).query.clauses[0]
+        return [AnyOf((*self.clauses(), self._missing))]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from feed_helpers import BASE, NOW, FakeClock, Feed
+from feed_helpers import BASE, NOW, PATIENTS, FakeClock, Feed
 from joserfc.jwk import RSAKey
 
 from fhir_server.access.smart import build_gate
@@ -10,10 +10,6 @@ from fhir_server.app import create_app
 from fhir_server.bulk import BulkExports, BulkSettings
 from fhir_server.settings import Settings
 
-from fhir_server.carehistory.synthetic import SyntheticInsurer
-
-# two valid dmp-patient records from the synthetic insurer, under short ids
-PATIENTS = [dict(SyntheticInsurer(2).patient(i), id=pid) for i, pid in enumerate(("pa", "pb"))]
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from fhir_server.carehistory import INSURER_SYSTEM
+from fhir_server.carehistory.synthetic import SyntheticInsurer
 
 BASE = "http://fhir.test/fhir"
 ISSUER = "http://fhir.test/auth"
@@ -25,6 +26,10 @@ NGAP = "https://dmp.example.org/fhir/CodeSystem/dmp-ngap"
 CCAM = "https://smt.esante.gouv.fr/terminologie-ccam"
 CIP13 = "https://smt.esante.gouv.fr/terminologie-bdpm"
 CLAIM_TYPE = "http://terminology.hl7.org/CodeSystem/claim-type"
+
+
+# two valid dmp-patient records from the synthetic insurer, under short ids
+PATIENTS = [dict(SyntheticInsurer(2).patient(i), id=pid) for i, pid in enumerate(("pa", "pb"))]
 
 
 class FakeClock:

@@ -2,8 +2,7 @@
 with a backend-service token limited to the feed (system/ExplanationOfBenefit.cu system/Patient.rs)."""
 from __future__ import annotations
 
-from conftest import PATIENTS
-from feed_helpers import bundle, care_item, conditional_url, identifiers
+from feed_helpers import PATIENTS, bundle, care_item, conditional_url, identifiers
 
 from fhir_server.carehistory import INSURER_SYSTEM
 
