@@ -274,3 +274,25 @@ def test_patients_choose_the_optional_notifications(dmp):
     assert len(messages(dmp)) == before
     write(dmp, pro(dmp, "drA"), document_event)  # not a document: no message either
     assert len(messages(dmp)) == before
+
+
+# -- the insurer's care history (issue #8) under the same rules ------------------------------------------------
+def test_the_care_history_is_seen_by_the_patient_and_authorised_professionals_only(dmp, clock):
+    item = {"resourceType": "ExplanationOfBenefit", "id": "care1",
+            "identifier": [{"system": "https://dmp.example.org/fhir/sid/insurer-care-item", "value": "A-1"}],
+            "status": "active", "use": "claim", "outcome": "complete", "created": "2026-10-01",
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type",
+                                 "code": "professional"}]},
+            "patient": {"reference": "Patient/pa"}, "insurer": {"display": "Assurance maladie obligatoire"},
+            "provider": {"display": "Dr Martin"},
+            "insurance": [{"focal": True, "coverage": {"display": "Assurance maladie obligatoire"}}],
+            "item": [{"sequence": 1, "servicedDate": "2026-10-01",
+                      "productOrService": {"coding": [{"system": "https://dmp.example.org/fhir/CodeSystem/dmp-ngap",
+                                                       "code": "G"}]}}]}
+    insurer = dmp.auth("system/ExplanationOfBenefit.cu system/Patient.rs", role="system", sub="insurer")
+    write(dmp, insurer, item)
+    assert found(dmp, "/fhir/ExplanationOfBenefit", holder(dmp), "ExplanationOfBenefit") == {"care1"}
+    assert found(dmp, "/fhir/ExplanationOfBenefit?patient=Patient/pa", pro(dmp, "drA"),
+                 "ExplanationOfBenefit") == {"care1"}
+    assert found(dmp, "/fhir/ExplanationOfBenefit", pro(dmp, "drB"), "ExplanationOfBenefit") == set()
+    assert dmp.get("/fhir/ExplanationOfBenefit/care1", pro(dmp, "drB")).status_code == 404
