@@ -207,8 +207,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         server.bulk.start_worker()
         atexit.register(server.bulk.stop_worker)  # a running job is handed back to the other processes
     if bulk_worker and settings.purge_interval > 0:  # expired care items removed periodically (carehistory.purge)
-        from fhir_server.carehistory.purge import PurgeTask
-        task = PurgeTask(server, settings.purge_interval)
+        from fhir_server.carehistory.purge import purge_task
+        task = purge_task(server, settings.purge_interval)
         task.start()
         atexit.register(task.stop)
     return app

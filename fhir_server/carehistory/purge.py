@@ -3,7 +3,7 @@
 The window already hides them from everyone (:mod:`.window`); the purge removes them from the
 store: every version, the current row and every index entry (``Store.expunge``), so nothing of
 them remains to be restored or leaked. It runs as ``fhir-server purge [--store URL]`` (cron) and
-as a periodic task in each ``serve`` process (:class:`PurgeTask`, every ``Settings.purge_interval``
+as a periodic task in each ``serve`` process (:func:`purge_task`, every ``Settings.purge_interval``
 seconds, 6 hours by default; removing is idempotent, so two processes purging together only
 repeat each other's search).
 
@@ -19,7 +19,6 @@ and each is checked on its own index entries, so an item with one old and one re
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -28,6 +27,7 @@ from typing import Any
 from fhir_server.carehistory import EOB
 from fhir_server.carehistory.window import PARAM
 from fhir_server.model import jsonio
+from fhir_server.services.periodic import PeriodicTask
 from fhir_server.model.dates import parse_range
 
 log = logging.getLogger("fhir_server.carehistory.purge")
@@ -129,32 +129,6 @@ def audit_event(report: PurgeReport) -> dict:
     }
 
 
-class PurgeTask:
-    """A daemon thread purging every ``interval`` seconds (the first time one minute after start)."""
-
-    def __init__(self, server: Any, interval: float, first_delay: float = 60.0):
-        self.server = server
-        self.interval = interval
-        self.first_delay = first_delay
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="care-history-purge", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        delay = self.first_delay
-        while not self._stop.wait(delay):
-            delay = self.interval
-            try:
-                purge(self.server)
-            except Exception:
-                log.exception("care history purge failed; next try in %.0f s", self.interval)
+def purge_task(server: Any, interval: float) -> PeriodicTask:
+    """The periodic purge of a ``serve`` process (not started): every ``interval`` seconds, first after a minute."""
+    return PeriodicTask("care-history-purge", lambda: purge(server), interval)
