@@ -27,13 +27,14 @@ __all__ = ["Auditor", "AuditRecord", "Item", "install", "check_client_create", "
 class Auditor:
     """Builds and writes the traces of one server; ``enabled`` is ``Settings.audit``."""
 
-    def __init__(self, server: Any, *, enabled: bool = True, max_queue: int = 10_000, max_batch: int = 500):
+    def __init__(self, server: Any, *, enabled: bool = True, max_queue: int = 10_000, max_batch: int = 500,
+                 linger: float = 0.1):
         from fhir_server.audit.builder import AuditEventBuilder
         from fhir_server.audit.writer import AuditWriter, StoreBatchWriter
         self.enabled = enabled
         self.builder = AuditEventBuilder(server)
         self.writer = AuditWriter(StoreBatchWriter(server, self.builder.build), max_queue=max_queue,
-                                  max_batch=max_batch)
+                                  max_batch=max_batch, linger=linger)
 
     def record(self, record: AuditRecord) -> None:
         if self.enabled:

@@ -2,9 +2,10 @@
 
 Requests hand their :class:`~fhir_server.audit.model.AuditRecord` to :meth:`AuditWriter.submit`, which
 only appends it to a bounded queue. One background thread per process takes whatever is queued (up to
-``max_batch``), builds the AuditEvents and writes them in ONE store transaction through the server-side
-write path (stamped, indexed, no gate: traces are the server's own). Under load, batches form by
-themselves while the previous one commits; when idle the thread waits for the next record, and exits after
+``max_batch``, after letting the first record wait ``linger`` seconds for company), builds the
+AuditEvents and writes them in ONE store transaction through the server-side write path (stamped,
+indexed, no gate: traces are the server's own): one commit and one fsync for a batch. Under load,
+batches also form while the previous one commits; when idle the thread waits for the next record, and exits after
 ``idle_exit`` seconds without any (it is started again by the next record), so short-lived applications
 (tests, CLI commands) leave no thread behind.
 
@@ -48,11 +49,13 @@ class AuditWriter:
     """A bounded queue drained by one background thread writing batches, one transaction each."""
 
     def __init__(self, write_batch: Callable[[list], None], *, max_queue: int = 10_000, max_batch: int = 500,
-                 idle_exit: float = 2.0):
+                 linger: float = 0.1, idle_exit: float = 2.0):
         self.write_batch = write_batch
         self.max_queue = max(1, max_queue)
         self.max_batch = max(1, max_batch)
+        self.linger = linger  # seconds a first record waits for others to share its transaction (and fsync)
         self.idle_exit = idle_exit
+        self._flushing = 0  # flush() callers waiting: no lingering then
         self.written = 0  # records written (this process)
         self.failed = 0  # records lost to a failing store
         self._reset()
@@ -61,7 +64,11 @@ class AuditWriter:
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._ready = threading.Condition(self._lock)  # a record was queued / room was made / all written
+        # the writer waits on _work (a first record after an empty queue, a full batch, a flush); submitters
+        # waiting for room and flushers wait on _done (a batch taken or written). A submit wakes the writer only
+        # when the queue was empty or a batch is full: no thread switch per request.
+        self._work = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)
         self._queue: deque = deque()
         self._pending = 0  # queued + being written
         self._thread: threading.Thread | None = None
@@ -74,11 +81,15 @@ class AuditWriter:
         with self._lock:
             while len(self._queue) >= self.max_queue:
                 self._ensure_thread()
-                self._ready.wait(1.0)
+                self._work.notify()
+                self._done.wait(1.0)
             self._queue.append(record)
             self._pending += 1
-            self._ensure_thread()
-            self._ready.notify_all()
+            size = len(self._queue)
+            if self._thread is None:
+                self._ensure_thread()
+            elif size == 1 or size == self.max_batch:
+                self._work.notify()
 
     def _ensure_thread(self) -> None:  # under the lock
         if self._thread is None:
@@ -91,12 +102,17 @@ class AuditWriter:
             return True
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._pending:
-                self._ensure_thread()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._ready.wait(min(left, 0.5))
+            self._flushing += 1
+            try:
+                while self._pending:
+                    self._ensure_thread()
+                    self._work.notify()
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._done.wait(min(left, 0.5))
+            finally:
+                self._flushing -= 1
         return True
 
     @property
@@ -109,14 +125,17 @@ class AuditWriter:
         while True:
             with self._lock:
                 if not self._queue:
-                    self._ready.wait(self.idle_exit)
+                    self._work.wait(self.idle_exit)
                 if not self._queue:
                     if self._thread is me:
                         self._thread = None
-                    self._ready.notify_all()
+                    self._done.notify_all()
                     return
+                # let a batch form: one commit (one fsync) for every trace of the next few milliseconds
+                if len(self._queue) < self.max_batch and not self._flushing and self.linger > 0:
+                    self._work.wait(self.linger)
                 batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
-                self._ready.notify_all()  # room for waiting submitters
+                self._done.notify_all()  # room for waiting submitters
             try:
                 self.write_batch(batch)
                 self.written += len(batch)
@@ -126,7 +145,7 @@ class AuditWriter:
             finally:
                 with self._lock:
                     self._pending -= len(batch)
-                    self._ready.notify_all()
+                    self._done.notify_all()
 
 
 class StoreBatchWriter:
@@ -134,24 +153,33 @@ class StoreBatchWriter:
     ``meta`` stamped as any version, index extracted, no gate and no client-facing checks)."""
 
     def __init__(self, server: Any, build: Callable[[Any], dict]):
+        from fhir_server.audit.index import TraceIndexer, probe_records
         self.server = server
         self.build = build
+        self.indexer = TraceIndexer(lambda: server.indexer, lambda: server.engine.registry,
+                                    lambda: [self._stamped(build(r), "probe") for r in probe_records()])
+
+    def _stamped(self, event: dict, rid: str) -> dict:
+        return self.server.resources.stamp(event, rid, 1, self.server.resources.clock())
 
     def __call__(self, records: list) -> None:
         events = []
         for record in records:
+            # give the GIL away between two traces: a request thread waiting on it would otherwise wait for the
+            # interpreter's switch interval (5 ms) each time it comes back from I/O, and its latency explode
+            time.sleep(0)
             try:
                 events.append(self.build(record))
             except Exception:  # one odd record must not lose the others
                 log.exception("a trace could not be built")
         if not events:
             return
-        resources = self.server.resources
-        indexer = self.server.indexer
+        rows = []
+        for event in events:  # everything but the store's own work happens before its write lock is taken
+            stamped = self._stamped(event, str(uuid.uuid4()))
+            now = stamped["meta"]["lastUpdated"]
+            rows.append((StoredResource("AuditEvent", stamped["id"], 1, now, False, jsonio.dumps(stamped), "POST"),
+                         self.indexer.index(stamped)))
         with self.server.store.transaction() as tx:
-            for event in events:
-                rid = str(uuid.uuid4())
-                now = resources.clock()
-                stamped = resources.stamp(event, rid, 1, now)
-                stored = StoredResource("AuditEvent", rid, 1, now, False, jsonio.dumps(stamped), "POST")
-                tx.put(stored, indexer.index(stamped), expected_version=None)
+            for stored, entries in rows:
+                tx.put(stored, entries, expected_version=None)
