@@ -180,6 +180,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     server = FHIRServer(settings, engine or Engine.build(), store, gate)
     app.extensions["fhir"] = server
+    from fhir_server import audit  # every access traced as an AuditEvent (docs/adr/0008-traceability.md)
+    audit.install(app, server)
 
     from fhir_server.http import errors
     from fhir_server.http.api import api

@@ -21,6 +21,11 @@ class Settings:
     base_url: str | None = None  # public base, e.g. https://dmp.example.org/fhir; derived from requests if None
     insecure_no_auth: bool = False
     max_body_bytes: int = 16 * 1024 * 1024
+    # traceability (fhir_server.audit, docs/adr/0008): every access becomes an AuditEvent, written in the
+    # background in batches; off only to measure its cost (FHIR_SERVER_AUDIT=0)
+    audit: bool = True
+    audit_queue: int = 10_000  # traces waiting to be written; a full queue makes requests wait, never drops
+    audit_batch: int = 500  # traces written per store transaction at most
     # what a write that misses a required or claimed profile does: "enforce" refuses it (422), "warn" stores
     # it and returns the problems as warnings (fhir_server.validation.enforcement)
     profile_mode: str = "warn"
@@ -47,6 +52,8 @@ class Settings:
             "base_url": env.get("FHIR_SERVER_BASE_URL") or None,
             "insecure_no_auth": env.get("FHIR_SERVER_INSECURE_NO_AUTH") == "1",
             "max_body_bytes": int(env.get("FHIR_SERVER_MAX_BODY_BYTES", cls.max_body_bytes)),
+            "audit": env.get("FHIR_SERVER_AUDIT", "1").lower() not in ("0", "false", "off", "no"),
+            "audit_queue": int(env.get("FHIR_SERVER_AUDIT_QUEUE", cls.audit_queue)),
             "profile_mode": env.get("FHIR_SERVER_PROFILE_MODE", cls.profile_mode),
             "otp_ttl": int(env.get("FHIR_SERVER_OTP_TTL", cls.otp_ttl)),
             "access_token_ttl": int(env.get("FHIR_SERVER_ACCESS_TOKEN_TTL", cls.access_token_ttl)),

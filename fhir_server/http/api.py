@@ -9,6 +9,8 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, g, request
 
+from fhir_server.audit import capture as audit_capture
+from fhir_server.audit import check_client_create
 from fhir_server.http.negotiation import read_json
 from fhir_server.http.rendering import version_headers
 from fhir_server.http.responses import base_url, fhir, prefer_value, resource_response, respond
@@ -41,6 +43,7 @@ def _criteria() -> str:
 def read(rtype: str, rid: str) -> Response:
     stored = fhir().resources.read(g.principal, rtype, rid)
     if _not_modified(stored):
+        audit_capture.item(stored)  # a conditional read is a read: traced
         return Response(status=304, headers=version_headers(stored))
     return resource_response(stored)
 
@@ -78,6 +81,7 @@ def patch(rtype: str, rid: str) -> Response:
 @api.delete(f"/{TYPE}/{ID}")
 def delete(rtype: str, rid: str) -> Response:
     marker = fhir().resources.delete(g.principal, rtype, rid)
+    audit_capture.item(marker)  # the deletion marker (its patient is found from the version before)
     headers = {"ETag": f'W/"{marker.version}"'} if marker else {}
     return respond(operation_outcome([Issue("information", "informational",
                                             f"{rtype}/{rid} deleted" if marker else f"{rtype}/{rid} was not there "
@@ -92,6 +96,7 @@ def history_instance(rtype: str, rid: str) -> Response:
 # -- type level ---------------------------------------------------------------------------------
 @api.post(f"/{TYPE}")
 def create(rtype: str) -> Response:
+    check_client_create(g.principal, fhir().gate, rtype)  # traces: only the server and system/ clients write
     result = fhir().resources.create(g.principal, rtype, read_json(request), request.headers.get("If-None-Exist"))
     return resource_response(result.resource, 201 if result.created else 200, location=True,
                              issues=result.outcome)

@@ -23,6 +23,7 @@ from flask import Blueprint, Response, g, request, send_file
 from fhir_server.access.gate import OpenGate
 from fhir_server.bulk.export import NDJSON, plan_export, principal_to_dict
 from fhir_server.bulk.jobs import COMPLETED, FAILED, Job
+from fhir_server.audit import capture as audit_capture
 from fhir_server.http.negotiation import read_json
 from fhir_server.http.responses import base_url, fhir, prefer_value, respond
 from fhir_server.model import jsonio
@@ -170,6 +171,7 @@ def download(job_id: str, name: str) -> Response:
     path = Path(_bulk().settings.directory).resolve() / job.id / result["dir"] / name
     if not path.is_file():
         raise FHIRError.of(404, "not-found", f"The file '{name}' is no longer available")
+    audit_capture.file(f"{base_url()}/$export-file/{job.id}/{name}")  # the file handed out, for the trace
     return send_file(path, mimetype=NDJSON, max_age=0, conditional=True, etag=False)
 
 

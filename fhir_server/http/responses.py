@@ -6,6 +6,7 @@ from typing import Any
 from flask import Response, current_app, g, request
 from werkzeug.routing import BaseConverter
 
+from fhir_server.audit import capture as audit_capture
 from fhir_server.http.negotiation import response_type
 from fhir_server.http.rendering import version_headers
 from fhir_server.model import jsonio
@@ -45,6 +46,8 @@ def before_request() -> None:
 
 def respond(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A FHIR JSON response; ``body`` is a dict or already-encoded bytes."""
+    if type(body) is dict:
+        audit_capture.bundle(body)  # the items of a searchset/history Bundle, for the trace
     pretty = request.args.get("_pretty") == "true"
     data = body if isinstance(body, bytes) else jsonio.dumps(body, pretty=pretty)
     if pretty and isinstance(body, bytes):
@@ -59,6 +62,7 @@ def respond(body: Any, status: int = 200, headers: dict[str, str] | None = None)
 def resource_response(stored: StoredResource, status: int = 200, *, location: bool = False,
                       issues: list[Issue] | None = None) -> Response:
     """A resource with its ETag/Last-Modified (and Location), shaped by ``Prefer: return=``."""
+    audit_capture.item(stored)  # the version read or written, for the trace
     headers = version_headers(stored)
     if location:
         headers["Location"] = f"{base_url()}/{stored.type}/{stored.id}/_history/{stored.version}"
