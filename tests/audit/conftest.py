@@ -14,6 +14,7 @@ for folder in ("access", "auth"):  # the SMART helpers live next to their own te
         sys.path.insert(0, path)
 
 from access_helpers import BASE, RECORD, Smart, admin_headers  # noqa: E402
+from audit_helpers import mark  # noqa: E402
 from joserfc.jwk import RSAKey  # noqa: E402
 
 from fhir_server.access.smart import build_gate  # noqa: E402
@@ -47,34 +48,3 @@ def record(smart) -> Smart:
         assert response.status_code in (200, 201), response.get_json()
     mark(smart)
     return smart
-
-
-def flush(smart: Smart) -> None:
-    assert smart.app.extensions["fhir_audit"].flush(10)
-
-
-def all_traces(smart: Smart) -> list[dict]:
-    """Every AuditEvent in the store, oldest first (read from the store: reading them over the API is traced)."""
-    from fhir_server.model import jsonio
-    flush(smart)
-    store = smart.app.extensions["fhir"].store
-    out = []
-    cursor = None
-    while True:
-        page = store.history("AuditEvent", None, count=1000, cursor=cursor)
-        out.extend(jsonio.loads(s.body) for s in page.entries if not s.deleted)
-        cursor = page.next_cursor
-        if not cursor:
-            break
-    out.sort(key=lambda e: (e["recorded"], e["meta"]["lastUpdated"]))
-    return out
-
-
-def mark(smart: Smart) -> None:
-    smart.seen = {e["id"] for e in all_traces(smart)}
-
-
-def traces(smart: Smart) -> list[dict]:
-    """The AuditEvents written since the last ``mark`` (or since the record was set up)."""
-    seen = getattr(smart, "seen", set())
-    return [e for e in all_traces(smart) if e["id"] not in seen]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from access_helpers import FHIR_JSON, admin_headers
-from conftest import all_traces
+from audit_helpers import all_traces
 
 DR = {"fhirUser": "Practitioner/dr1", "role": "admin"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import all_traces
+from audit_helpers import all_traces
 from smart_flow import PASSWORD, Env, hidden_fields, pkce_pair
 
 from fhir_server.app import create_app

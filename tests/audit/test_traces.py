@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from access_helpers import admin_headers, ids
-from conftest import all_traces, flush, mark, traces
+from audit_helpers import all_traces, flush, mark, traces
 
 from fhir_server.audit.model import ACCOUNT_SYSTEM, CLIENT_SYSTEM, DMP_AUDIT_PROFILE, RPPS_SYSTEM
 
