@@ -31,6 +31,7 @@ class Principal:
     client_id: str | None = None
     role: str | None = None  # patient | practitioner | related-person | admin | system
     purpose: str | None = None  # purpose of use for traces: TREAT by default, BTG / CENTRE_REGULATION in emergencies
+    purpose_reason: str | None = None  # the written reason of an emergency access (traces carry it)
     relations: Any = None  # what the record's rules found about this user (fhir_server.policy), hashable
 
 

@@ -23,6 +23,7 @@ from fhir_server.model.outcome import FHIRError, bad_request
 from fhir_server.policy import codes
 from fhir_server.policy.notifications import Notifier
 
+ACCOUNT_SYSTEM = "https://dmp.example.org/fhir/sid/account"  # the authorization server's account id (token sub)
 MIN_REASON = 10  # characters: a deliberate, written reason, not a click
 
 
@@ -57,7 +58,7 @@ def open_emergency_access(server: Any, notifier: Notifier | None, principal: Pri
         raise FHIRError.of(403, "forbidden", f"The patient opposed {mode} access to their record beforehand")
     now = finder.clock()
     end = now + dt.timedelta(minutes=gate.policy.emergency_minutes)
-    event = grant_event(user, patient, mode, reason.strip(), now, end)
+    event = grant_event(user, principal.subject, patient, mode, reason.strip(), now, end)
     server.resources.atomic(lambda tx: server.resources.system_put_in(tx, event), what="AuditEvent")
     if notifier is not None:
         when = now.strftime("%d/%m/%Y %H:%M UTC")
@@ -70,7 +71,10 @@ def open_emergency_access(server: Any, notifier: Notifier | None, principal: Pri
     return event
 
 
-def grant_event(user: str, patient: str, mode: str, reason: str, start: dt.datetime, end: dt.datetime) -> dict:
+def grant_event(user: str, account: str, patient: str, mode: str, reason: str, start: dt.datetime,
+                end: dt.datetime) -> dict:
+    """The AuditEvent that records (and is) an emergency access, valid against dmp-auditevent: the requestor
+    identified by their account, the written reason in purposeOfEvent.text."""
     system, code = codes.EMERGENCY_PURPOSE[mode]
     stamp = start.isoformat(timespec="seconds")
     return {
@@ -79,8 +83,9 @@ def grant_event(user: str, patient: str, mode: str, reason: str, start: dt.datet
         "subtype": [{"system": codes.EMERGENCY_SUBTYPE, "code": mode}],
         "action": "E", "period": {"start": stamp, "end": end.isoformat(timespec="seconds")},
         "recorded": stamp, "outcome": "0", "outcomeDesc": reason,
-        "purposeOfEvent": [{"coding": [{"system": system, "code": code}]}],
-        "agent": [{"who": {"reference": user}, "requestor": True,
+        "purposeOfEvent": [{"coding": [{"system": system, "code": code}], "text": reason}],
+        "agent": [{"who": {"reference": user, "identifier": {"system": ACCOUNT_SYSTEM, "value": account}},
+                   "requestor": True,
                    "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
                                         "code": "IRCP"}]}}],
         "source": {"observer": {"display": "DMP FHIR server"}},

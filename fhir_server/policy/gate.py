@@ -76,9 +76,12 @@ class RecordGate(SmartGate):
         user = principal.fhir_user or ""
         if principal.role == "practitioner" and user.startswith("Practitioner/") and self.finder is not None:
             relations = self.finder.professional(user)
-            mode = relations.emergency_mode(principal.patient)
-            purpose = codes.EMERGENCY_PURPOSE[mode][1] if mode else None
-            return replace(principal, relations=relations, purpose=purpose)
+            emergency = relations.emergency_access(principal.patient)
+            if emergency is None:
+                return replace(principal, relations=relations)
+            mode, reason = emergency
+            return replace(principal, relations=relations, purpose=codes.EMERGENCY_PURPOSE[mode][1],
+                           purpose_reason=reason)
         if principal.role == "related-person" and self.finder is not None:
             valid = bool(principal.patient) and self.finder.represented_minor(user, principal.patient)
             return replace(principal, relations=("represents", principal.patient if valid else None))

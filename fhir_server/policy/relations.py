@@ -40,13 +40,13 @@ class Relations:
     actors: frozenset[str] = frozenset()  # the references that stand for the user (practitioner, roles, orgs)
     authorised: frozenset[str] = frozenset()
     treating: frozenset[str] = frozenset()
-    emergency: tuple[tuple[str, str], ...] = ()  # (patient id, mode), active now
+    emergency: tuple[tuple[str, str, str], ...] = ()  # (patient id, mode, written reason), active now
     blocked: frozenset[str] = frozenset()
     closed: frozenset[str] = frozenset()  # records without an active creation consent, among those above
 
     @property
     def emergency_patients(self) -> frozenset[str]:
-        return frozenset(p for p, _ in self.emergency)
+        return frozenset(p for p, _, _ in self.emergency)
 
     @property
     def reachable(self) -> frozenset[str]:
@@ -58,11 +58,11 @@ class Relations:
         extra = self.emergency_patients if policy.emergency_sees_masked else frozenset()
         return (self.treating | extra) - self.blocked - self.closed
 
-    def emergency_mode(self, patient: str | None = None) -> str | None:
-        """The emergency mode the user acts in (for ``patient`` or any): None outside an emergency."""
-        for pid, mode in self.emergency:
+    def emergency_access(self, patient: str | None = None) -> tuple[str, str] | None:
+        """(mode, reason) of the emergency access the user acts in (for ``patient``, or any): None outside one."""
+        for pid, mode, reason in self.emergency:
             if patient is None or pid == patient:
-                return mode
+                return mode, reason
         return None
 
 
@@ -129,12 +129,12 @@ class RelationFinder:
                         for role in participant.get("role", []) for coding in role.get("coding", [])):
                     treating.add(patient)
         emergency = self.emergencies(user)
-        candidates = authorised | treating | {p for p, _ in emergency}
+        candidates = authorised | treating | {p for p, _, _ in emergency}
         return Relations(user=user, actors=frozenset(actors), authorised=frozenset(authorised),
                          treating=frozenset(treating), emergency=tuple(sorted(emergency)),
                          blocked=frozenset(blocked), closed=frozenset(candidates - self.open_records(candidates)))
 
-    def emergencies(self, user: str) -> set[tuple[str, str]]:
+    def emergencies(self, user: str) -> set[tuple[str, str, str]]:
         """The emergency accesses ``user`` opened that are still running (see :mod:`.emergency`)."""
         now = self.clock()
         since = (now - dt.timedelta(minutes=self.policy.emergency_minutes)).isoformat()
@@ -150,7 +150,7 @@ class RelationFinder:
             for entity in event.get("entity", []):
                 patient = _patient_id(entity.get("what"))
                 if patient and mode:
-                    out.add((patient, mode))
+                    out.add((patient, mode, event.get("outcomeDesc") or ""))
         return out
 
     # -- records --------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 ANNOUNCEMENT_TAG = "https://dmp.example.org/fhir/CodeSystem/dmp-announcement"  # code "notified": the 2-week notice
 DELETION_REQUEST = "https://dmp.example.org/fhir/StructureDefinition/dmp-deletion-request"  # valueDateTime
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+JOB_SYSTEM = "https://dmp.example.org/fhir/sid/client"  # the server's own jobs, named like OAuth clients
 RETENTION_YEARS = 10
 PAGE = 200
 
@@ -165,7 +166,10 @@ def deletion_trace(patient: str, versions: int, requested: dt.datetime | None, n
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "delete"}],
         "action": "D", "period": {"start": stamp, "end": stamp}, "recorded": stamp, "outcome": "0",
         "outcomeDesc": f"Record deleted {why}: {versions} versions removed",
-        "agent": [{"who": {"display": "DMP FHIR server (scheduled job)"}, "requestor": False}],
+        "agent": [{"who": {"identifier": {"system": JOB_SYSTEM, "value": "record-jobs"},
+                           "display": "DMP FHIR server (scheduled job)"}, "requestor": True,
+                   "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150",
+                                        "display": "Application"}]}}],
         "source": {"observer": {"display": "DMP FHIR server"}},
         "entity": [{"what": {"reference": f"Patient/{patient}"},
                     "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}}],

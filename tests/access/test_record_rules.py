@@ -169,6 +169,17 @@ def test_emergency_access_is_explicit_traced_notified_and_time_limited(dmp, cloc
     purposes = [c["code"] for e in traces.get("entry", []) for p in e["resource"].get("purposeOfEvent", [])
                 for c in p["coding"]]
     assert "BTG" in purposes
+    # the recording AuditEvent meets the traceability profile, and the emergency reads are traced as BTG with the reason
+    app = dmp.client.application
+    grant = opened.get_json()["parameter"][1]["valueReference"]["reference"]
+    stored = dmp.get(f"/fhir/{grant}", dmp.auth("system/*.rs", role="system", sub="backend")).get_json()
+    profiles = app.extensions["fhir"].engine.profiles
+    dmp_auditevent = "https://dmp.example.org/fhir/StructureDefinition/dmp-auditevent"
+    assert [i for i in profiles.validate_all(stored, [dmp_auditevent]) if i.severity in ("error", "fatal")] == []
+    app.extensions["fhir_audit"].flush()
+    reads = dmp.get("/fhir/AuditEvent?patient=Patient/pa&subtype=read", holder(dmp)).get_json()["entry"]
+    assert {(c["code"], p.get("text")) for e in reads for p in e["resource"]["purposeOfEvent"]
+            for c in p["coding"]} >= {("BTG", "Unconscious patient in the ER")}
     # it ends by itself
     clock.advance(minutes=61)
     assert dmp.get("/fhir/Observation/o1", emergency).status_code == 404

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from access_helpers import LAB, observation
-from record_helpers import PATCH, VIS, found, holder, messages, pro, write
+from record_helpers import PATCH, VIS, holder, messages, pro, write
 
 from fhir_server.policy.schedule import run_record_jobs
 
@@ -62,8 +62,12 @@ def test_a_record_whose_deletion_was_asked_is_deleted_after_the_grace_period(dmp
     assert dmp.get("/fhir/Observation/o1", system).status_code == 404  # gone, not just deleted
     assert dmp.get("/fhir/Observation/o1/_history", system).status_code == 404
     assert dmp.get("/fhir/Patient/pa", system).status_code == 404
-    traces = found(dmp, "/fhir/AuditEvent?entity=Patient/pa&action=D", system, "AuditEvent")
+    traces = dmp.get("/fhir/AuditEvent?entity=Patient/pa&action=D", system).get_json()["entry"]
     assert len(traces) == 1
+    profiles = dmp.client.application.extensions["fhir"].engine.profiles
+    issues = profiles.validate_all(traces[0]["resource"], ["https://dmp.example.org/fhir/StructureDefinition/"
+                                                           "dmp-auditevent"])
+    assert [i for i in issues if i.severity in ("error", "fatal")] == []
     assert run_jobs(dmp).deleted == []
 
 
