@@ -36,6 +36,17 @@ line is written as
 Lines are written :data:`CHUNK` at a time in one store transaction; when any line of a chunk is
 refused, the chunk is rolled back and its lines are written one by one, so a refused line costs
 only itself. A restarted job starts over from the first line: every write is idempotent.
+
+The first write step of each line (:meth:`ResourceService.prepare`: base and profile validation,
+index entries; most of the CPU) runs ahead of the writes, in forked worker processes for inputs of
+at least :attr:`Importer.parallel_from` bytes (:class:`fhir_server.services.loader.PrepareAhead`, the
+machinery of ``fhir-server load``); the job's thread writes each chunk, in line order, with
+``create_in``/``update_in`` and their gate checks for the kick-off principal. Two things stay in the
+write: the care item's patient lookup (:func:`fhir_server.carehistory.feed.unknown_patient_in`, so a
+Patient imported earlier in the same file counts) and the conditional match on the insurer identifier
+(so an identifier twice in one file is created once, then updated). Before a chunk goes out, one
+query finds the stored items of its insurer identifiers: a line identical to its stored item is not
+validated again (the everyday re-feed), and is checked as such in the write.
 """
 from __future__ import annotations
 
@@ -44,6 +55,7 @@ import os
 import re
 import threading
 import uuid
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
@@ -53,9 +65,11 @@ from fhir_server.access.gate import Principal
 from fhir_server.bulk.export import NDJSON, principal_from_dict, principal_to_dict
 from fhir_server.bulk.jobs import COMPLETED, Job
 from fhir_server.carehistory import EOB, INSURER_SYSTEM
+from fhir_server.carehistory.feed import deferred, unknown_patient_in
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FHIRError, Issue, operation_outcome
-from fhir_server.services.resources import WriteResult
+from fhir_server.services.loader import PrepareAhead
+from fhir_server.services.resources import Prepared, ResourceService, WriteResult
 
 log = logging.getLogger("fhir_server.bulk.imports")
 
@@ -65,6 +79,15 @@ MAX_UPLOAD_BYTES = int(os.environ.get("FHIR_SERVER_IMPORT_MAX_BYTES", 8 * 1024 *
 NDJSON_TYPES = {"application/fhir+ndjson", "application/ndjson", "application/x-ndjson"}
 INPUT_DIR = "import-input"  # under the bulk directory: uploads, kept until their job ends
 _EXPORT_FILE = re.compile(r"/\$export-file/([0-9a-f]{32})/([^/]+)$")
+WORKERS = int(os.environ.get("FHIR_SERVER_IMPORT_WORKERS", os.cpu_count() or 1))  # 0: prepared in the job's thread
+PARALLEL_FROM = int(os.environ.get("FHIR_SERVER_IMPORT_PARALLEL_FROM", 1 << 20))  # bytes of input
+INLINE_TYPES = frozenset({"Subscription", "SearchParameter"})  # validation with side effects: in the write
+
+# A line on its way to the write: (line number, kind, payload). Kinds: "early" (refused before any
+# lookup: payload (status, issues)), "same" (identical to its stored item: payload the resource),
+# "inline" (prepared in the write: the resource), "prepare" (to prepare: the resource), then, once
+# prepared, "ready" (payload a Prepared) or "refused" (payload (status, issues, resource)).
+Entry = tuple[int, str, Any]
 
 
 # -- the worker side ------------------------------------------------------------------------------
@@ -117,9 +140,11 @@ def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
 class Importer:
     """Runs import jobs: each input file, line by line, through the resource service."""
 
-    def __init__(self, server: Any, chunk: int = CHUNK):
+    def __init__(self, server: Any, chunk: int = CHUNK, workers: int = WORKERS, parallel_from: int = PARALLEL_FROM):
         self.server = server
         self.chunk = chunk
+        self.workers = workers  # processes preparing ahead of the writes (0: in the job's thread)
+        self.parallel_from = parallel_from  # smaller inputs are prepared in the job's thread (no fork)
         # the versions this thread's import wrote (committed), told by the server's write listeners: what
         # tells an update from an identical re-send, which writes nothing
         self._local = threading.local()
@@ -152,25 +177,15 @@ class Importer:
         counts = {"lines": 0, "created": 0, "updated": 0, "unchanged": 0, "refused": 0}
         errors_name = f"{number}.errors.ndjson"
         errors = open(directory / errors_name, "wb")
+        workers = self.workers if size >= self.parallel_from else 0
+        ahead = PrepareAhead(self.server.resources, _prepare_entries, workers=workers,
+                             worker_server=self._worker_server, refresh=False)
         try:
-            batch: list[tuple[int, Any]] = []
-            position = 0
-            for line_number, position, line in _lines(path):
-                counts["lines"] += 1
-                try:
-                    resource = jsonio.loads(line)
-                except jsonio.JSONError as exc:
-                    self._refuse(errors, counts, line_number, [Issue("error", "structure",
-                                                                     f"not valid JSON: {exc}")])
-                    continue
-                batch.append((line_number, resource))
-                if len(batch) >= self.chunk:
-                    self._write_batch(principal, batch, errors, counts, source.get("type"))
-                    batch = []
+            chunks = ahead.run(self._chunks(path, counts, source.get("type")))
+            with closing(chunks):  # a cancelled job stops the workers at once
+                for position, entries in chunks:
+                    self._write_batch(principal, entries, errors, counts)
                     control.page_done(self._progress(number, counts, position, size))
-            if batch:
-                self._write_batch(principal, batch, errors, counts, source.get("type"))
-                control.page_done(self._progress(number, counts, position, size))
         finally:
             errors.close()
         if counts["refused"]:
@@ -189,67 +204,188 @@ class Importer:
                                  "inputUrl": source["url"]})
         return counts
 
+    def _worker_server(self) -> Any:
+        """In a forked worker: this server as it was at the fork (engine, registry, validators); it prepares
+        with no store access (the patient lookup is deferred, Subscriptions and SearchParameters are inline)."""
+        return self.server
+
+    def _chunks(self, path: Path, counts: dict, expected_type: str | None) -> Iterator[tuple[int, list[Entry]]]:
+        """(bytes read after the chunk, its entries) for the chunks of an input file, in line order."""
+        batch: list[Entry] = []
+        position = 0
+        for line_number, position, line in _lines(path):
+            counts["lines"] += 1
+            batch.append(self._entry(line_number, line, expected_type))
+            if len(batch) >= self.chunk:
+                yield position, self._recognise_same(batch)
+                batch = []
+        if batch:
+            yield position, self._recognise_same(batch)
+
+    def _entry(self, line_number: int, line: bytes, expected_type: str | None) -> Entry:
+        """The checks of a line that need neither validation nor the store."""
+        try:
+            resource = jsonio.loads(line)
+        except jsonio.JSONError as exc:
+            return line_number, "early", (400, [Issue("error", "structure", f"not valid JSON: {exc}")])
+        try:
+            rtype = _checked_type(self.server, resource, expected_type)
+        except FHIRError as exc:
+            return line_number, "early", (exc.status, exc.issues)
+        return line_number, "inline" if rtype in INLINE_TYPES else "prepare", resource
+
+    def _recognise_same(self, batch: list[Entry]) -> list[Entry]:
+        """Mark "same" the care items identical to their stored item (one query for the chunk); the write
+        checks it again in its transaction, and prepares there a line that is not the same any more."""
+        wanted: dict[str, list[int]] = {}
+        for index, (_, kind, resource) in enumerate(batch):
+            if kind == "prepare" and resource["resourceType"] == EOB:
+                wanted.setdefault(_insurer_value(resource), []).append(index)
+        if not wanted:
+            return batch
+        resources = self.server.resources
+        criteria = "identifier=" + ",".join(f"{INSURER_SYSTEM}|{_escape(v)}" for v in wanted)
+        try:
+            page = self.server.store.search(resources.parser.criteria(EOB, criteria), count=2 * len(wanted) + 1)
+        except FHIRError:
+            return batch
+        stored: dict[str, list[Any]] = {}
+        for current in page.resources:
+            body = jsonio.loads(current.body)
+            value = _insurer_value(body)
+            if value in wanted:
+                stored.setdefault(value, []).append(current)
+        out = list(batch)
+        for value, indexes in wanted.items():
+            found = stored.get(value) or []
+            if len(found) != 1 or found[0].deleted:
+                continue
+            current = found[0]
+            for index in indexes:
+                line_number, _, resource = batch[index]
+                if resource.get("id") in (None, current.id) and \
+                        resources._unchanged(current, dict(resource, id=current.id)):
+                    out[index] = (line_number, "same", resource)
+        return out
+
     @staticmethod
     def _progress(number: int, counts: dict, position: int, size: int) -> str:
         return (f"input {number}: {min(100, position * 100 // size)}% read, {counts['lines']} lines, "
                 f"{counts['created'] + counts['updated'] + counts['unchanged']} stored, {counts['refused']} refused")
 
     # -- writes ---------------------------------------------------------------------------------
-    def _write_batch(self, principal: Principal, batch: list[tuple[int, Any]], errors: Any, counts: dict,
-                     expected_type: str | None) -> None:
-        """One transaction for the batch; when a line is refused, each line in its own transaction."""
+    def _write_batch(self, principal: Principal, entries: list[Entry], errors: Any, counts: dict) -> None:
+        """One transaction for the chunk; when a line is refused, each line in its own transaction. The
+        chunk's refused lines are reported in line order."""
         resources = self.server.resources
-        try:
-            results = resources.atomic(lambda tx: [self._write(tx, principal, r, expected_type) for _, r in batch],
-                                       what="A resource of this import")
-        except Exception:
-            results = None
+        refused: list[tuple[int, list[Issue], int]] = []
+        todo = []
+        for entry in entries:
+            if entry[1] == "early":
+                refused.append((entry[0], entry[2][1], entry[2][0]))
+            else:
+                todo.append(entry)
+        results = None
+        if todo:
+            try:
+                results = resources.atomic(lambda tx: [self._write_entry(tx, principal, e) for e in todo],
+                                           what="A resource of this import")
+            except Exception:
+                results = None
         if results is not None:
             for result in results:
                 self._count(counts, result)
-            return
-        for line_number, resource in batch:
+            todo = []
+        for entry in todo:
+            line_number = entry[0]
             try:
-                result = resources.atomic(lambda tx: self._write(tx, principal, resource, expected_type),
+                result = resources.atomic(lambda tx: self._write_entry(tx, principal, entry),
                                           what=f"Line {line_number}")
             except FHIRError as exc:
-                self._refuse(errors, counts, line_number, exc.issues, exc.status)
+                refused.append((line_number, exc.issues, exc.status))
                 continue
             except Exception:
                 log.exception("import: line %d failed unexpectedly", line_number)
-                self._refuse(errors, counts, line_number, [Issue("error", "exception", "internal error; it has "
-                                                                 "been logged")])
+                refused.append((line_number, [Issue("error", "exception", "internal error; it has been logged")],
+                                500))
                 continue
             self._count(counts, result)
+        for line_number, issues, status in sorted(refused, key=lambda r: r[0]):
+            self._refuse(errors, counts, line_number, issues, status)
 
-    def _write(self, tx: Any, principal: Principal, resource: Any, expected_type: str | None) -> Any:
+    def _write_entry(self, tx: Any, principal: Principal, entry: Entry) -> Any:
+        """The write of one prepared line: what ``_write`` does, with the validation and indexing done ahead."""
+        _, kind, payload = entry
+        if kind in ("same", "inline", "prepare"):  # not prepared (or to check again as the stored item)
+            return self._write(tx, principal, payload)
+        if kind == "early":
+            raise FHIRError(payload[0], payload[1])
+        if kind == "refused":
+            prepared, failure, resource = None, (payload[0], payload[1]), payload[2]
+        else:
+            prepared, failure, resource = payload, None, payload.resource
         resources = self.server.resources
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise FHIRError.of(400, "structure", "a line must hold one FHIR resource (a JSON object with a "
-                               "resourceType)")
         rtype = resource["resourceType"]
-        if expected_type and rtype != expected_type:
-            raise FHIRError.of(400, "invalid", f"this input is declared as {expected_type}, not {rtype}")
-        if not self.server.definitions.is_served(rtype):
-            raise FHIRError.of(404, "not-supported", f"Resource type '{rtype}' is not served here")
+        if rtype != EOB:
+            if failure is not None:
+                raise FHIRError(*failure)
+            if prepared.interaction == "update":
+                return resources.update_in(tx, principal, rtype, prepared.rid, resource, prepared=prepared)
+            return resources.create_in(tx, principal, rtype, resource, prepared=prepared)
+        criteria = f"identifier={INSURER_SYSTEM}|{_escape(_insurer_value(resource))}"
+        matches = resources.matches(tx, principal, rtype, criteria, "update")
+        if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
+            rid = matches[0][1]
+            body = dict(resource, id=rid)
+            unchanged = self._unchanged(tx, principal, rtype, rid, body)
+            if unchanged is not None:
+                return unchanged
+            self._checked(tx, resource, failure)
+            as_update = Prepared("update", rtype, rid, body, prepared.issues, prepared.index,
+                                 prepared.registry_version)
+            return resources.update_in(tx, principal, rtype, rid, body, prepared=as_update)
+        if not matches and not resource.get("id"):
+            self._checked(tx, resource, failure)
+            return resources.create_in(tx, principal, rtype, resource, prepared=prepared)
+        # several matches, or an id of its own: the service's conditional update, prepared in the transaction
+        return resources.conditional_update_in(tx, principal, rtype, criteria, resource)
+
+    @staticmethod
+    def _checked(tx: Any, resource: dict, failure: tuple[int, list[Issue]] | None) -> None:
+        """Raise what the validation would have raised for this care item, in the service's order: base
+        errors (400), then the unknown patient (looked up in ``tx``), then the profiles' errors (422)."""
+        if failure is not None and failure[0] == 400:
+            raise FHIRError(*failure)
+        problem = unknown_patient_in(tx, resource)
+        if problem is not None:
+            raise FHIRError(400, [problem])
+        if failure is not None:
+            raise FHIRError(*failure)
+
+    def _unchanged(self, tx: Any, principal: Principal, rtype: str, rid: str, body: dict) -> WriteResult | None:
+        """The everyday re-feed: an item identical to the stored one (the stored version passed the checks) is
+        recognised without validating it again; nothing is written, as the service would."""
+        resources = self.server.resources
+        current = tx.current(rtype, rid)
+        if current is not None and not current.deleted and resources._unchanged(current, body):
+            self.server.gate.authorize(principal, "update", rtype, body)
+            if resources.visible(principal, "update", rtype, rid, tx):
+                return WriteResult(current, False, [])
+        return None
+
+    def _write(self, tx: Any, principal: Principal, resource: Any) -> Any:
+        """One line written with the service's own preparation in the transaction (lines not prepared ahead)."""
+        resources = self.server.resources
+        rtype = resource["resourceType"]
         if rtype == EOB:
-            value = next((i.get("value") for i in resource.get("identifier") or []
-                          if isinstance(i, dict) and i.get("system") == INSURER_SYSTEM), None)
-            if not isinstance(value, str) or not value:
-                raise FHIRError.of(400, "required", f"a care item needs the insurer's identifier ({INSURER_SYSTEM})"
-                                   " to be imported idempotently", f"{EOB}.identifier")
-            criteria = f"identifier={INSURER_SYSTEM}|{_escape(value)}"
+            criteria = f"identifier={INSURER_SYSTEM}|{_escape(_insurer_value(resource))}"
             matches = resources.matches(tx, principal, rtype, criteria, "update")
             if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
                 rid = matches[0][1]
                 body = dict(resource, id=rid)
-                current = tx.current(rtype, rid)
-                # the everyday re-feed: an item identical to the stored one (the stored version passed the
-                # checks) is recognised before validating it again; nothing is written, as the service would
-                if current is not None and not current.deleted and resources._unchanged(current, body):
-                    self.server.gate.authorize(principal, "update", rtype, body)
-                    if resources.visible(principal, "update", rtype, rid, tx):
-                        return WriteResult(current, False, [])
+                unchanged = self._unchanged(tx, principal, rtype, rid, body)
+                if unchanged is not None:
+                    return unchanged
                 return resources.update_in(tx, principal, rtype, rid, body)
             return resources.conditional_update_in(tx, principal, rtype, criteria, resource)
         if resource.get("id"):
@@ -282,6 +418,58 @@ class Importer:
                     os.unlink(source["path"])
                 except OSError:
                     pass
+
+
+def _checked_type(server: Any, resource: Any, expected_type: str | None) -> str:
+    """The line's resource type, after the checks made before any lookup (raises what refuses the line)."""
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        raise FHIRError.of(400, "structure", "a line must hold one FHIR resource (a JSON object with a "
+                           "resourceType)")
+    rtype = resource["resourceType"]
+    if expected_type and rtype != expected_type:
+        raise FHIRError.of(400, "invalid", f"this input is declared as {expected_type}, not {rtype}")
+    if not server.definitions.is_served(rtype):
+        raise FHIRError.of(404, "not-supported", f"Resource type '{rtype}' is not served here")
+    if rtype == EOB and not _insurer_value(resource):
+        raise FHIRError.of(400, "required", f"a care item needs the insurer's identifier ({INSURER_SYSTEM})"
+                           " to be imported idempotently", f"{EOB}.identifier")
+    return rtype
+
+
+def _insurer_value(resource: dict) -> str | None:
+    value = next((i.get("value") for i in resource.get("identifier") or []
+                  if isinstance(i, dict) and i.get("system") == INSURER_SYSTEM), None)
+    return value if isinstance(value, str) and value else None
+
+
+def _prepare_entries(resources: ResourceService, entries: list[Entry]) -> list[Entry]:
+    """The first write step of a chunk's "prepare" lines (in a worker process, or inline), the patient lookup
+    deferred to the write. A care item is prepared as a create: the write turns it into the update of the
+    item its identifier matches (same checks; the index entries do not depend on the id)."""
+    out: list[Entry] = []
+    with deferred():
+        for line_number, kind, resource in entries:
+            if kind != "prepare":
+                out.append((line_number, kind, resource))
+                continue
+            rtype = resource["resourceType"]
+            try:
+                if rtype == EOB:
+                    resources.served(rtype, "update")
+                    prepared = resources.prepare("create", rtype, resource)
+                elif resource.get("id"):
+                    prepared = resources.prepare("update", rtype, resource, resource["id"])
+                else:
+                    prepared = resources.prepare("create", rtype, resource)
+            except FHIRError as exc:
+                out.append((line_number, "refused", (exc.status, exc.issues, resource)))
+                continue
+            except Exception:  # an unexpected failure: the write prepares the line again and reports it
+                log.exception("import: preparing line %d failed unexpectedly", line_number)
+                out.append((line_number, "inline", resource))
+                continue
+            out.append((line_number, "ready", prepared))
+    return out
 
 
 def _escape(value: str) -> str:

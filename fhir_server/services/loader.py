@@ -127,10 +127,68 @@ def _start_worker(make_server: Callable[[], Any]) -> None:
     _worker = make_server()
 
 
-def _prepare_in_worker(chunk: list[Item]) -> tuple[str, list[Ready]]:
-    _worker.search_parameters.refresh(force=True)  # custom SearchParameters the main process committed
-    ready = prepare_chunk(_worker.resources, chunk)
+def _prepare_in_worker(prepare: Callable[[ResourceService, list], list], chunk: list,
+                       refresh: bool) -> tuple[str, list]:
+    if refresh:
+        _worker.search_parameters.refresh(force=True)  # custom SearchParameters the main process committed
+    ready = prepare(_worker.resources, chunk)
     return registry_fingerprint(_worker.resources.indexer.registry), ready
+
+
+class PrepareAhead:
+    """The first write step of chunks, in input order: inline, or in forked worker processes ahead of the
+    writes (at most ``ahead`` chunks per worker in flight, so memory stays flat on any input size).
+
+    ``prepare(resources, chunk)`` (a module-level function: it is sent to the workers by name) returns
+    the chunk's entries, each a tuple whose last element may be a :class:`Prepared`. ``worker_server``
+    returns, in a worker (forked: it may close over the parent's objects), the server to prepare with;
+    with ``refresh`` the worker first reloads the custom SearchParameters from the store (a server with
+    its own store connection), without it the worker keeps the ones it was forked with. Either way a chunk
+    indexed with other search parameters than this process has when it collects it is prepared again
+    here, and the Prepared of a collected chunk are marked current for this process's registry.
+    """
+
+    def __init__(self, resources: ResourceService, prepare: Callable[[ResourceService, list], list], *,
+                 workers: int = 0, worker_server: Callable[[], Any] | None = None, refresh: bool = True,
+                 ahead: int = 2):
+        if workers and worker_server is None:
+            raise ValueError("worker processes need worker_server")
+        self.resources = resources
+        self.prepare = prepare
+        self.workers = workers
+        self.worker_server = worker_server
+        self.refresh = refresh
+        self.ahead = ahead
+
+    def run(self, todo: Iterable[tuple[Any, list]]) -> Iterator[tuple[Any, list]]:
+        """(key, prepared entries) for each (key, chunk) of ``todo``, in order."""
+        if not self.workers:
+            for key, chunk in todo:
+                yield key, self.prepare(self.resources, chunk)
+            return
+        context = multiprocessing.get_context("fork")
+        with context.Pool(self.workers, initializer=_start_worker, initargs=(self.worker_server,)) as pool:
+            pending: deque = deque()
+            for key, chunk in todo:
+                pending.append((key, chunk, pool.apply_async(_prepare_in_worker, (self.prepare, chunk, self.refresh))))
+                if len(pending) >= self.ahead * self.workers:
+                    yield self._collected(pending.popleft())
+            while pending:
+                yield self._collected(pending.popleft())
+
+    def _collected(self, job: tuple) -> tuple[Any, list]:
+        key, chunk, result = job
+        fingerprint, ready = result.get()
+        registry = self.resources.indexer.registry
+        current = registry.version
+        if fingerprint != registry_fingerprint(registry):
+            # the worker indexed with other search parameters than this process has now (e.g. a
+            # SearchParameter this load wrote was committed after the chunk went out): prepared again here
+            return key, self.prepare(self.resources, chunk)
+        for entry in ready:  # indexed with every parameter this process knows: current here
+            if isinstance(entry[-1], Prepared):
+                entry[-1].registry_version = current
+        return key, ready
 
 
 class Loader:
@@ -180,36 +238,9 @@ class Loader:
 
     def _prepared(self, items: Iterable[Item], chunk_size: int, start: int,
                   report: LoadReport) -> Iterator[tuple[int, list[Ready]]]:
-        """Chunks after the first write step, in input order: inline, or from the worker processes
-        (at most two chunks per worker in flight, so memory stays flat on any input size)."""
-        todo = self._todo(items, chunk_size, start, report)
-        if not self.workers:
-            for position, chunk in todo:
-                yield position, prepare_chunk(self.resources, chunk)
-            return
-        context = multiprocessing.get_context("fork")
-        with context.Pool(self.workers, initializer=_start_worker, initargs=(self.worker_server,)) as pool:
-            pending: deque = deque()
-            for position, chunk in todo:
-                pending.append((position, chunk, pool.apply_async(_prepare_in_worker, (chunk,))))
-                if len(pending) >= 2 * self.workers:
-                    yield self._collected(pending.popleft())
-            while pending:
-                yield self._collected(pending.popleft())
-
-    def _collected(self, job: tuple) -> tuple[int, list[Ready]]:
-        position, chunk, result = job
-        fingerprint, ready = result.get()
-        registry = self.resources.indexer.registry
-        current = registry.version
-        if fingerprint != registry_fingerprint(registry):
-            # the worker indexed with other search parameters than this process has now (e.g. a
-            # SearchParameter this load wrote was committed after the chunk went out): prepared again here
-            return position, prepare_chunk(self.resources, chunk)
-        for _, prepared in ready:  # indexed with every parameter this process knows: current here
-            if isinstance(prepared, Prepared):
-                prepared.registry_version = current
-        return position, ready
+        """Chunks after the first write step, in input order (:class:`PrepareAhead`)."""
+        ahead = PrepareAhead(self.resources, prepare_chunk, workers=self.workers, worker_server=self.worker_server)
+        return ahead.run(self._todo(items, chunk_size, start, report))
 
     def _write_chunk(self, chunk: list[Ready], report: LoadReport) -> None:
         """Write the chunk in one transaction; if any resource fails, write them one by one so that

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from feed_helpers import NDJSON, care_item, identifiers
+from feed_helpers import NDJSON, PATIENTS, care_item, identifiers
 
 from fhir_server.carehistory import INSURER_SYSTEM
 
@@ -106,3 +106,34 @@ def test_parameters_name_files_of_this_server(feed):
         {"name": "url", "valueUrl": "https://insurer.example/items.ndjson"}]}])
     refused = feed.post("/fhir/$import", elsewhere, admin)
     assert refused.status_code == 400 and "not a file of this server" in refused.get_json()["issue"][0]["diagnostics"]
+
+
+def test_an_import_prepared_by_worker_processes_reports_bad_lines_by_number_and_loads_the_rest(feed):
+    """Validation and indexing ahead of the writes in forked workers (chunks of 2, so lines cross chunks and
+    workers): same per-line report, same writes, the patient lookup and the identifier match in the write."""
+    importer = feed.server.imports.importer
+    importer.workers, importer.parallel_from, importer.chunk = 2, 0, 2
+    admin = feed.auth("system/*.cruds", sub="migration")
+    newcomer = dict(PATIENTS[0], id="pc")
+    invalid = dict(care_item("x3"), status="no-such-status")
+    body = ndjson(care_item("a1"), b"{not json", care_item("x1", "pc"), newcomer, care_item("a2", "pc"),
+                  invalid, dict(care_item("x2"), identifier=[]), care_item("a3", "pb"),
+                  care_item("a3", "pb", code="VG"), care_item("a4"))
+    manifest = finish(feed, kick_off(feed, body, admin), admin)
+    summary = download(feed, manifest["output"][0]["url"], admin)[0]["issue"][0]["diagnostics"]
+    assert "10 lines, 5 created, 1 updated, 0 unchanged" in summary and "4 refused" in summary
+    refused = download(feed, manifest["error"][0]["url"], admin)
+    assert [o["issue"][0]["expression"][0].split(".")[0] for o in refused] == [
+        "line[2]", "line[3]", "line[6]", "line[7]"]
+    assert "not valid JSON" in refused[0]["issue"][0]["diagnostics"]
+    assert "Unknown patient Patient/pc" in refused[1]["issue"][0]["diagnostics"]  # line 4 creates it later
+    assert refused[2]["issue"][0]["diagnostics"].startswith("line 6 (400)")
+    assert refused[3]["issue"][0]["diagnostics"].startswith("line 7 (400): a care item needs the insurer's")
+    stored = feed.get("/fhir/ExplanationOfBenefit", feed.admin).get_json()
+    assert identifiers(stored) == ["a1", "a2", "a3", "a4"]
+    a3 = feed.get(f"/fhir/ExplanationOfBenefit?identifier={INSURER_SYSTEM}|a3", feed.admin).get_json()
+    assert a3["total"] == 1 and a3["entry"][0]["resource"]["meta"]["versionId"] == "2"  # one item, then updated
+    # sent again: the identical lines recognised, line 3 goes in now that its patient exists, a3 twice again
+    again = finish(feed, kick_off(feed, body, admin), admin)
+    summary = download(feed, again["output"][0]["url"], admin)[0]["issue"][0]["diagnostics"]
+    assert "10 lines, 1 created, 2 updated, 4 unchanged" in summary and "3 refused" in summary
