@@ -288,7 +288,7 @@ class Importer:
         results = None
         if todo:
             try:
-                results = resources.atomic(lambda tx: [self._write_entry(tx, principal, e) for e in todo],
+                results = resources.atomic(lambda tx: self._write_entries(tx, principal, todo),
                                            what="A resource of this import")
             except Exception:
                 results = None
@@ -313,11 +313,15 @@ class Importer:
         for line_number, issues, status in sorted(refused, key=lambda r: r[0]):
             self._refuse(errors, counts, line_number, issues, status)
 
-    def _write_entry(self, tx: Any, principal: Principal, entry: Entry) -> Any:
+    def _write_entries(self, tx: Any, principal: Principal, entries: list[Entry]) -> list[Any]:
+        matches = ChunkMatches(self.server, tx, principal, entries)
+        return [self._write_entry(tx, principal, entry, matches) for entry in entries]
+
+    def _write_entry(self, tx: Any, principal: Principal, entry: Entry, chunk: "ChunkMatches | None" = None) -> Any:
         """The write of one prepared line: what ``_write`` does, with the validation and indexing done ahead."""
         _, kind, payload = entry
         if kind in ("same", "inline", "prepare"):  # not prepared (or to check again as the stored item)
-            return self._write(tx, principal, payload)
+            return self._write(tx, principal, payload, chunk)
         if kind == "early":
             raise FHIRError(payload[0], payload[1])
         if kind == "refused":
@@ -332,8 +336,12 @@ class Importer:
             if prepared.interaction == "update":
                 return resources.update_in(tx, principal, rtype, prepared.rid, resource, prepared=prepared)
             return resources.create_in(tx, principal, rtype, resource, prepared=prepared)
-        criteria = f"identifier={INSURER_SYSTEM}|{_escape(_insurer_value(resource))}"
-        matches = resources.matches(tx, principal, rtype, criteria, "update")
+        value = _insurer_value(resource)
+        criteria = f"identifier={INSURER_SYSTEM}|{_escape(value)}"
+        matches = chunk.matches(value) if chunk is not None else resources.matches(tx, principal, rtype, criteria,
+                                                                                   "update")
+        if chunk is not None:
+            chunk.written(value, resource)
         if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
             rid = matches[0][1]
             body = dict(resource, id=rid)
@@ -373,13 +381,17 @@ class Importer:
                 return WriteResult(current, False, [])
         return None
 
-    def _write(self, tx: Any, principal: Principal, resource: Any) -> Any:
+    def _write(self, tx: Any, principal: Principal, resource: Any, chunk: "ChunkMatches | None" = None) -> Any:
         """One line written with the service's own preparation in the transaction (lines not prepared ahead)."""
         resources = self.server.resources
         rtype = resource["resourceType"]
         if rtype == EOB:
-            criteria = f"identifier={INSURER_SYSTEM}|{_escape(_insurer_value(resource))}"
-            matches = resources.matches(tx, principal, rtype, criteria, "update")
+            value = _insurer_value(resource)
+            criteria = f"identifier={INSURER_SYSTEM}|{_escape(value)}"
+            matches = chunk.matches(value) if chunk is not None else resources.matches(tx, principal, rtype, criteria,
+                                                                                       "update")
+            if chunk is not None:
+                chunk.written(value, resource)
             if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
                 rid = matches[0][1]
                 body = dict(resource, id=rid)
@@ -394,9 +406,13 @@ class Importer:
 
     def _count(self, counts: dict, result: Any) -> None:
         stored = result.resource
+        key = (stored.type, stored.id, stored.version)
         if result.created:
+            self._local.written.discard(key)
             counts["created"] += 1
-        elif (stored.type, stored.id, stored.version) in self._local.written:
+        elif key in self._local.written:
+            # the line that wrote this version; a later line answered with it (the same content again) wrote nothing
+            self._local.written.discard(key)
             counts["updated"] += 1
         else:
             counts["unchanged"] += 1
@@ -418,6 +434,58 @@ class Importer:
                     os.unlink(source["path"])
                 except OSError:
                     pass
+
+
+class ChunkMatches:
+    """The conditional matches of a chunk's care items in its transaction, by one query for all their insurer
+    identifiers (the service's ``matches``: the principal's ``update`` constraints from the gate, in ``tx``)
+    instead of one per line. Once a line of the chunk has written an item, the identifiers that item carried
+    (before and after) are matched line by line again with the service's ``matches``, so an identifier twice
+    in one chunk sees the item its first line created or changed."""
+
+    def __init__(self, server: Any, tx: Any, principal: Principal, entries: list[Entry]):
+        self.resources = server.resources
+        self.tx = tx
+        self.principal = principal
+        self.found: dict[str, list[str]] = {}  # insurer identifier -> ids of the items it matches
+        self.values: dict[str, set[str]] = {}  # id -> its insurer identifiers
+        self.dirty: set[str] = set()  # identifiers to match line by line (an item carrying them was written)
+        wanted = {_insurer_value(_resource_of(entry)) for entry in entries if entry[1] != "early"
+                  and _resource_of(entry)["resourceType"] == EOB}
+        wanted.discard(None)
+        if not wanted:
+            return
+        criteria = "identifier=" + ",".join(f"{INSURER_SYSTEM}|{_escape(v)}" for v in sorted(wanted))
+        for _, rid in self.resources.matches(tx, principal, EOB, criteria, "update"):
+            current = tx.current(EOB, rid)
+            held = set() if current is None or current.deleted else _insurer_values(jsonio.loads(current.body))
+            self.values[rid] = held
+            for value in held & wanted:
+                self.found.setdefault(value, []).append(rid)
+
+    def matches(self, value: str) -> list[tuple[str, str]]:
+        if value in self.dirty:
+            return self.resources.matches(self.tx, self.principal, EOB,
+                                          f"identifier={INSURER_SYSTEM}|{_escape(value)}", "update")
+        return [(EOB, rid) for rid in self.found.get(value, ())]
+
+    def written(self, value: str, resource: dict) -> None:
+        """A line with this identifier is being written: the identifiers of what it may change (the body it
+        writes, the items it matched) are matched line by line from now on."""
+        self.dirty.add(value)
+        self.dirty |= _insurer_values(resource)
+        for rid in self.found.get(value, ()):
+            self.dirty |= self.values.get(rid, set())
+
+
+def _insurer_values(resource: dict) -> set[str]:
+    return {i.get("value") for i in resource.get("identifier") or []
+            if isinstance(i, dict) and i.get("system") == INSURER_SYSTEM and isinstance(i.get("value"), str)}
+
+
+def _resource_of(entry: Entry) -> dict:
+    kind, payload = entry[1], entry[2]
+    return payload.resource if kind == "ready" else payload[2] if kind == "refused" else payload
 
 
 def _checked_type(server: Any, resource: Any, expected_type: str | None) -> str:

@@ -137,3 +137,21 @@ def test_an_import_prepared_by_worker_processes_reports_bad_lines_by_number_and_
     again = finish(feed, kick_off(feed, body, admin), admin)
     summary = download(feed, again["output"][0]["url"], admin)[0]["issue"][0]["diagnostics"]
     assert "10 lines, 1 created, 2 updated, 4 unchanged" in summary and "3 refused" in summary
+
+
+def test_an_identifier_twice_in_one_chunk_is_created_once_then_updated(feed):
+    """The chunk's matches come from one query; an item written by a line of the chunk is matched again."""
+    importer = feed.server.imports.importer
+    importer.workers, importer.parallel_from = 2, 0
+    finish(feed, kick_off(feed, ndjson(care_item("b0"))))
+    body = ndjson(care_item("b1"), care_item("b1", code="VG"), care_item("b0", code="VG"), care_item("b0"),
+                  care_item("b1", code="VG"), care_item("b2"), care_item("b2"))
+    manifest = finish(feed, kick_off(feed, body))
+    summary = download(feed, manifest["output"][0]["url"])[0]["issue"][0]["diagnostics"]
+    assert "7 lines, 2 created, 3 updated, 2 unchanged" in summary and manifest["error"] == []
+    versions = {}
+    for item in ("b0", "b1", "b2"):
+        found = feed.get(f"/fhir/ExplanationOfBenefit?identifier={INSURER_SYSTEM}|{item}", feed.admin).get_json()
+        assert found["total"] == 1
+        versions[item] = found["entry"][0]["resource"]["meta"]["versionId"]
+    assert versions == {"b0": "3", "b1": "2", "b2": "1"}
