@@ -12,6 +12,7 @@ from typing import Any
 
 from fhir_server.access.gate import Principal
 from fhir_server.model.outcome import FHIRError
+from fhir_server.policy.relations import Representation
 from fhir_server.policy.schedule import DELETION_REQUEST
 
 
@@ -19,8 +20,8 @@ def close_record(server: Any, principal: Principal, patient: str, delete: bool) 
     """Close ``patient``'s record for its holder; returns the creation consent as now stored."""
     gate = server.gate
     holder = principal.role == "patient" and principal.fhir_user == f"Patient/{patient}"
-    represents = principal.role == "related-person" and isinstance(principal.relations, tuple) \
-        and principal.relations[1] == patient
+    represents = principal.role == "related-person" and isinstance(principal.relations, Representation) \
+        and principal.relations.minor == patient
     if not (holder or represents):
         raise FHIRError.of(403, "forbidden", "Only the record's holder (or a minor's representative) closes it")
     consent = gate.finder.creation_consent(patient) if getattr(gate, "finder", None) else None

@@ -31,7 +31,7 @@ from fhir_server.access.tokens import TokenVerifier
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FHIRError
 from fhir_server.policy import codes
-from fhir_server.policy.relations import RecordPolicy, RelationFinder, Relations
+from fhir_server.policy.relations import RecordPolicy, RelationFinder, Relations, Representation
 from fhir_server.search.query import AnyOf, Clause, ReferenceValue, TokenValue
 
 USER_ROLES = frozenset({"patient", "related-person", "practitioner"})
@@ -84,7 +84,7 @@ class RecordGate(SmartGate):
                            purpose_reason=reason)
         if principal.role == "related-person" and self.finder is not None:
             valid = bool(principal.patient) and self.finder.represented_minor(user, principal.patient)
-            return replace(principal, relations=("represents", principal.patient if valid else None))
+            return replace(principal, relations=Representation(principal.patient if valid else None))
         return principal
 
     # -- what a scope reaches --------------------------------------------------------------------
@@ -93,8 +93,8 @@ class RecordGate(SmartGate):
             if principal.role == "practitioner":
                 return self.professional_reach(principal, rtype, permission, only=principal.patient)
             if principal.role == "related-person":
-                represented = principal.relations[1] if isinstance(principal.relations, tuple) else None
-                if represented != principal.patient:
+                if not isinstance(principal.relations, Representation) or \
+                        principal.relations.minor != principal.patient:
                     return None
                 return self.holder_reach(rtype, principal.patient, permission, representative=True)
             if principal.role == "patient":

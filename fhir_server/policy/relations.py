@@ -66,6 +66,13 @@ class Relations:
         return None
 
 
+@dataclass(frozen=True)
+class Representation:
+    """A legal representative's standing at one moment: the minor they may act for (None: nobody)."""
+
+    minor: str | None = None
+
+
 @dataclass
 class RelationFinder:
     """Reads relations from the store (no access gate: this is the gate's own lookup)."""
