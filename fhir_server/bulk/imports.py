@@ -81,6 +81,7 @@ INPUT_DIR = "import-input"  # under the bulk directory: uploads, kept until thei
 _EXPORT_FILE = re.compile(r"/\$export-file/([0-9a-f]{32})/([^/]+)$")
 WORKERS = int(os.environ.get("FHIR_SERVER_IMPORT_WORKERS", os.cpu_count() or 1))  # 0: prepared in the job's thread
 PARALLEL_FROM = int(os.environ.get("FHIR_SERVER_IMPORT_PARALLEL_FROM", 1 << 20))  # bytes of input
+WORKER_TIMEOUT = 300.0  # s: a chunk a worker has not prepared by then is prepared in the job's thread
 INLINE_TYPES = frozenset({"Subscription", "SearchParameter"})  # validation with side effects: in the write
 
 # A line on its way to the write: (line number, kind, payload). Kinds: "early" (refused before any
@@ -179,12 +180,14 @@ class Importer:
         errors = open(directory / errors_name, "wb")
         workers = self.workers if size >= self.parallel_from else 0
         ahead = PrepareAhead(self.server.resources, _prepare_entries, workers=workers,
-                             worker_server=self._worker_server, refresh=False)
+                             worker_server=self._worker_server, refresh=False,
+                             inline=lambda entries: not any(kind == "prepare" for _, kind, _ in entries),
+                             in_worker=_worker_prepare, timeout=WORKER_TIMEOUT)
         try:
             chunks = ahead.run(self._chunks(path, counts, source.get("type")))
             with closing(chunks):  # a cancelled job stops the workers at once
-                for position, entries in chunks:
-                    self._write_batch(principal, entries, errors, counts)
+                for (position, sent), entries in chunks:
+                    self._write_batch(principal, _reattached(entries, sent), errors, counts)
                     control.page_done(self._progress(number, counts, position, size))
         finally:
             errors.close()
@@ -209,18 +212,21 @@ class Importer:
         with no store access (the patient lookup is deferred, Subscriptions and SearchParameters are inline)."""
         return self.server
 
-    def _chunks(self, path: Path, counts: dict, expected_type: str | None) -> Iterator[tuple[int, list[Entry]]]:
-        """(bytes read after the chunk, its entries) for the chunks of an input file, in line order."""
+    def _chunks(self, path: Path, counts: dict, expected_type: str | None
+                ) -> Iterator[tuple[tuple[int, list[Entry]], list[Entry]]]:
+        """((bytes read after the chunk, its entries), its entries) for the chunks of an input file, in order."""
         batch: list[Entry] = []
         position = 0
         for line_number, position, line in _lines(path):
             counts["lines"] += 1
             batch.append(self._entry(line_number, line, expected_type))
             if len(batch) >= self.chunk:
-                yield position, self._recognise_same(batch)
+                batch = self._recognise_same(batch)
+                yield (position, batch), batch
                 batch = []
         if batch:
-            yield position, self._recognise_same(batch)
+            batch = self._recognise_same(batch)
+            yield (position, batch), batch
 
     def _entry(self, line_number: int, line: bytes, expected_type: str | None) -> Entry:
         """The checks of a line that need neither validation nor the store."""
@@ -508,6 +514,34 @@ def _insurer_value(resource: dict) -> str | None:
     value = next((i.get("value") for i in resource.get("identifier") or []
                   if isinstance(i, dict) and i.get("system") == INSURER_SYSTEM), None)
     return value if isinstance(value, str) and value else None
+
+
+def _reattached(ready: list[Entry], sent: list[Entry]) -> list[Entry]:
+    """The prepared entries with the resources this process parsed (a worker sends none back: less to copy)."""
+    out: list[Entry] = []
+    for (line_number, kind, payload), (_, _, resource) in zip(ready, sent):
+        if kind == "ready" and payload.resource is None:
+            payload.resource = resource
+        elif kind == "refused" and payload[2] is None:
+            payload = (payload[0], payload[1], resource)
+        elif kind in ("same", "inline", "prepare") and payload is None:
+            payload = resource
+        out.append((line_number, kind, payload))
+    return out
+
+
+def _worker_prepare(resources: ResourceService, entries: list[Entry]) -> list[Entry]:
+    """:func:`_prepare_entries` in a worker process: the resources stay out of the answer."""
+    out: list[Entry] = []
+    for line_number, kind, payload in _prepare_entries(resources, entries):
+        if kind == "ready":
+            payload.resource = None
+        elif kind == "refused":
+            payload = (payload[0], payload[1], None)
+        elif kind != "early":
+            payload = None
+        out.append((line_number, kind, payload))
+    return out
 
 
 def _prepare_entries(resources: ResourceService, entries: list[Entry]) -> list[Entry]:

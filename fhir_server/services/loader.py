@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from fhir_server.access.gate import Principal
 from fhir_server.model.outcome import FHIRError
 from fhir_server.services.resources import Prepared, ResourceService
 
+log = logging.getLogger(__name__)
 Item = tuple[str, object]  # (where it came from, parsed resource or the parse error)
 Ready = tuple[str, "Prepared | str"]  # (where, prepared resource or why it is rejected)
 
@@ -143,14 +145,17 @@ class PrepareAhead:
     the chunk's entries, each a tuple whose last element may be a :class:`Prepared`. ``worker_server``
     returns, in a worker (forked: it may close over the parent's objects), the server to prepare with;
     with ``refresh`` the worker first reloads the custom SearchParameters from the store (a server with
-    its own store connection), without it the worker keeps the ones it was forked with. Either way a chunk
+    its own store connection), without it the worker keeps the ones it was forked with. A chunk for which
+    ``inline(chunk)`` is true (nothing worth sending) is prepared here; workers run ``in_worker`` when given
+    (same entries as ``prepare``, possibly leaner, completed by the caller). Either way a chunk
     indexed with other search parameters than this process has when it collects it is prepared again
     here, and the Prepared of a collected chunk are marked current for this process's registry.
     """
 
     def __init__(self, resources: ResourceService, prepare: Callable[[ResourceService, list], list], *,
                  workers: int = 0, worker_server: Callable[[], Any] | None = None, refresh: bool = True,
-                 ahead: int = 2):
+                 ahead: int = 2, inline: Callable[[list], bool] | None = None,
+                 in_worker: Callable[[ResourceService, list], list] | None = None, timeout: float | None = None):
         if workers and worker_server is None:
             raise ValueError("worker processes need worker_server")
         self.resources = resources
@@ -159,6 +164,9 @@ class PrepareAhead:
         self.worker_server = worker_server
         self.refresh = refresh
         self.ahead = ahead
+        self.inline = inline
+        self.in_worker = in_worker or prepare  # what workers run instead of ``prepare`` (e.g. a leaner answer)
+        self.timeout = timeout  # seconds to wait for a chunk from a worker before preparing it here
 
     def run(self, todo: Iterable[tuple[Any, list]]) -> Iterator[tuple[Any, list]]:
         """(key, prepared entries) for each (key, chunk) of ``todo``, in order."""
@@ -170,7 +178,11 @@ class PrepareAhead:
         with context.Pool(self.workers, initializer=_start_worker, initargs=(self.worker_server,)) as pool:
             pending: deque = deque()
             for key, chunk in todo:
-                pending.append((key, chunk, pool.apply_async(_prepare_in_worker, (self.prepare, chunk, self.refresh))))
+                if self.inline is not None and self.inline(chunk):
+                    pending.append((key, chunk, None))
+                else:
+                    pending.append((key, chunk, pool.apply_async(_prepare_in_worker,
+                                                                 (self.in_worker, chunk, self.refresh))))
                 if len(pending) >= self.ahead * self.workers:
                     yield self._collected(pending.popleft())
             while pending:
@@ -178,7 +190,13 @@ class PrepareAhead:
 
     def _collected(self, job: tuple) -> tuple[Any, list]:
         key, chunk, result = job
-        fingerprint, ready = result.get()
+        if result is None:
+            return key, self.prepare(self.resources, chunk)
+        try:
+            fingerprint, ready = result.get(self.timeout)
+        except multiprocessing.TimeoutError:
+            log.warning("a worker did not prepare its chunk within %s s: prepared in this process", self.timeout)
+            return key, self.prepare(self.resources, chunk)
         registry = self.resources.indexer.registry
         current = registry.version
         if fingerprint != registry_fingerprint(registry):
