@@ -56,6 +56,7 @@ import re
 import threading
 import uuid
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
@@ -186,8 +187,8 @@ class Importer:
         try:
             chunks = ahead.run(self._chunks(path, counts, source.get("type")))
             with closing(chunks):  # a cancelled job stops the workers at once
-                for (position, sent), entries in chunks:
-                    self._write_batch(principal, _reattached(entries, sent), errors, counts)
+                for (position, sent, hints), entries in chunks:
+                    self._write_batch(principal, _reattached(entries, sent), errors, counts, hints)
                     control.page_done(self._progress(number, counts, position, size))
         finally:
             errors.close()
@@ -221,12 +222,14 @@ class Importer:
             counts["lines"] += 1
             batch.append(self._entry(line_number, line, expected_type))
             if len(batch) >= self.chunk:
-                batch = self._recognise_same(batch)
-                yield (position, batch), batch
+                hints = Hints()
+                batch = self._recognise_same(batch, hints)
+                yield (position, batch, hints), batch
                 batch = []
         if batch:
-            batch = self._recognise_same(batch)
-            yield (position, batch), batch
+            hints = Hints()
+            batch = self._recognise_same(batch, hints)
+            yield (position, batch, hints), batch
 
     def _entry(self, line_number: int, line: bytes, expected_type: str | None) -> Entry:
         """The checks of a line that need neither validation nor the store."""
@@ -240,9 +243,10 @@ class Importer:
             return line_number, "early", (exc.status, exc.issues)
         return line_number, "inline" if rtype in INLINE_TYPES else "prepare", resource
 
-    def _recognise_same(self, batch: list[Entry]) -> list[Entry]:
+    def _recognise_same(self, batch: list[Entry], hints: "Hints") -> list[Entry]:
         """Mark "same" the care items identical to their stored item (one query for the chunk); the write
-        checks it again in its transaction, and prepares there a line that is not the same any more."""
+        checks it again in its transaction (the same version still current), and prepares there a line that is
+        not the same any more. ``hints`` keeps what was seen for the write."""
         wanted: dict[str, list[int]] = {}
         for index, (_, kind, resource) in enumerate(batch):
             if kind == "prepare" and resource["resourceType"] == EOB:
@@ -257,9 +261,9 @@ class Importer:
             return batch
         stored: dict[str, list[Any]] = {}
         for current in page.resources:
-            body = jsonio.loads(current.body)
-            value = _insurer_value(body)
-            if value in wanted:
+            values = _insurer_values(jsonio.loads(current.body))
+            hints.known[current.id] = (current.version, values)
+            for value in values & wanted.keys():
                 stored.setdefault(value, []).append(current)
         out = list(batch)
         for value, indexes in wanted.items():
@@ -272,6 +276,7 @@ class Importer:
                 if resource.get("id") in (None, current.id) and \
                         resources._unchanged(current, dict(resource, id=current.id)):
                     out[index] = (line_number, "same", resource)
+                    hints.same[line_number] = (current.id, current.version)
         return out
 
     @staticmethod
@@ -280,7 +285,8 @@ class Importer:
                 f"{counts['created'] + counts['updated'] + counts['unchanged']} stored, {counts['refused']} refused")
 
     # -- writes ---------------------------------------------------------------------------------
-    def _write_batch(self, principal: Principal, entries: list[Entry], errors: Any, counts: dict) -> None:
+    def _write_batch(self, principal: Principal, entries: list[Entry], errors: Any, counts: dict,
+                     hints: "Hints | None" = None) -> None:
         """One transaction for the chunk; when a line is refused, each line in its own transaction. The
         chunk's refused lines are reported in line order."""
         resources = self.server.resources
@@ -294,7 +300,7 @@ class Importer:
         results = None
         if todo:
             try:
-                results = resources.atomic(lambda tx: self._write_entries(tx, principal, todo),
+                results = resources.atomic(lambda tx: self._write_entries(tx, principal, todo, hints),
                                            what="A resource of this import")
             except Exception:
                 results = None
@@ -305,7 +311,7 @@ class Importer:
         for entry in todo:
             line_number = entry[0]
             try:
-                result = resources.atomic(lambda tx: self._write_entry(tx, principal, entry),
+                result = resources.atomic(lambda tx: self._write_entry(tx, principal, entry, None, hints),
                                           what=f"Line {line_number}")
             except FHIRError as exc:
                 refused.append((line_number, exc.issues, exc.status))
@@ -319,15 +325,17 @@ class Importer:
         for line_number, issues, status in sorted(refused, key=lambda r: r[0]):
             self._refuse(errors, counts, line_number, issues, status)
 
-    def _write_entries(self, tx: Any, principal: Principal, entries: list[Entry]) -> list[Any]:
-        matches = ChunkMatches(self.server, tx, principal, entries)
-        return [self._write_entry(tx, principal, entry, matches) for entry in entries]
+    def _write_entries(self, tx: Any, principal: Principal, entries: list[Entry], hints: "Hints | None") -> list[Any]:
+        matches = ChunkMatches(self.server, tx, principal, entries, hints)
+        return [self._write_entry(tx, principal, entry, matches, hints) for entry in entries]
 
-    def _write_entry(self, tx: Any, principal: Principal, entry: Entry, chunk: "ChunkMatches | None" = None) -> Any:
+    def _write_entry(self, tx: Any, principal: Principal, entry: Entry, chunk: "ChunkMatches | None" = None,
+                     hints: "Hints | None" = None) -> Any:
         """The write of one prepared line: what ``_write`` does, with the validation and indexing done ahead."""
-        _, kind, payload = entry
+        line_number, kind, payload = entry
         if kind in ("same", "inline", "prepare"):  # not prepared (or to check again as the stored item)
-            return self._write(tx, principal, payload, chunk)
+            seen = hints.same.get(line_number) if hints is not None and kind == "same" else None
+            return self._write(tx, principal, payload, chunk, seen)
         if kind == "early":
             raise FHIRError(payload[0], payload[1])
         if kind == "refused":
@@ -376,18 +384,22 @@ class Importer:
         if failure is not None:
             raise FHIRError(*failure)
 
-    def _unchanged(self, tx: Any, principal: Principal, rtype: str, rid: str, body: dict) -> WriteResult | None:
+    def _unchanged(self, tx: Any, principal: Principal, rtype: str, rid: str, body: dict,
+                   seen: tuple[str, int] | None = None) -> WriteResult | None:
         """The everyday re-feed: an item identical to the stored one (the stored version passed the checks) is
-        recognised without validating it again; nothing is written, as the service would."""
+        recognised without validating it again; nothing is written, as the service would. ``seen``: the
+        version this body was found identical to before the transaction (no second comparison if current)."""
         resources = self.server.resources
         current = tx.current(rtype, rid)
-        if current is not None and not current.deleted and resources._unchanged(current, body):
+        if current is not None and not current.deleted and (
+                seen == (rid, current.version) or resources._unchanged(current, body)):
             self.server.gate.authorize(principal, "update", rtype, body)
             if resources.visible(principal, "update", rtype, rid, tx):
                 return WriteResult(current, False, [])
         return None
 
-    def _write(self, tx: Any, principal: Principal, resource: Any, chunk: "ChunkMatches | None" = None) -> Any:
+    def _write(self, tx: Any, principal: Principal, resource: Any, chunk: "ChunkMatches | None" = None,
+               seen: tuple[str, int] | None = None) -> Any:
         """One line written with the service's own preparation in the transaction (lines not prepared ahead)."""
         resources = self.server.resources
         rtype = resource["resourceType"]
@@ -401,7 +413,7 @@ class Importer:
             if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
                 rid = matches[0][1]
                 body = dict(resource, id=rid)
-                unchanged = self._unchanged(tx, principal, rtype, rid, body)
+                unchanged = self._unchanged(tx, principal, rtype, rid, body, seen)
                 if unchanged is not None:
                     return unchanged
                 return resources.update_in(tx, principal, rtype, rid, body)
@@ -442,6 +454,16 @@ class Importer:
                     pass
 
 
+@dataclass
+class Hints:
+    """What a chunk's lookup before its transaction saw (:meth:`Importer._recognise_same`), for its write:
+    ``known`` id -> (version, insurer identifiers) of the stored items found, ``same`` line -> (id, version)
+    of the item the line was found identical to. Used only when that version is still the current one."""
+
+    known: dict[str, tuple[int, set[str]]] = field(default_factory=dict)
+    same: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+
 class ChunkMatches:
     """The conditional matches of a chunk's care items in its transaction, by one query for all their insurer
     identifiers (the service's ``matches``: the principal's ``update`` constraints from the gate, in ``tx``)
@@ -449,7 +471,7 @@ class ChunkMatches:
     (before and after) are matched line by line again with the service's ``matches``, so an identifier twice
     in one chunk sees the item its first line created or changed."""
 
-    def __init__(self, server: Any, tx: Any, principal: Principal, entries: list[Entry]):
+    def __init__(self, server: Any, tx: Any, principal: Principal, entries: list[Entry], hints: "Hints | None" = None):
         self.resources = server.resources
         self.tx = tx
         self.principal = principal
@@ -462,9 +484,15 @@ class ChunkMatches:
         if not wanted:
             return
         criteria = "identifier=" + ",".join(f"{INSURER_SYSTEM}|{_escape(v)}" for v in sorted(wanted))
+        known = hints.known if hints is not None else {}
         for _, rid in self.resources.matches(tx, principal, EOB, criteria, "update"):
             current = tx.current(EOB, rid)
-            held = set() if current is None or current.deleted else _insurer_values(jsonio.loads(current.body))
+            if current is None or current.deleted:
+                held: set[str] = set()
+            elif rid in known and known[rid][0] == current.version:  # as read before the transaction
+                held = known[rid][1]
+            else:
+                held = _insurer_values(jsonio.loads(current.body))
             self.values[rid] = held
             for value in held & wanted:
                 self.found.setdefault(value, []).append(rid)
