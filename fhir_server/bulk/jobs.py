@@ -257,7 +257,7 @@ class SQLiteJobStore(JobStore):
                                 (job_id, RUNNING, now, worker)).rowcount == 1
 
     def close_thread(self) -> None:
-        self.store.close()
+        self.store.close_thread()
 
 
 # -- MongoDB --------------------------------------------------------------------------------------

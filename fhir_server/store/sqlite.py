@@ -444,11 +444,16 @@ class SQLiteStore(Store):
     def prepare_bulk_load(self) -> None:
         self._conn().execute(f"PRAGMA cache_size=-{self.BULK_CACHE_KIB}")
 
-    def close(self) -> None:
+    def close_thread(self) -> None:
+        """Close the calling thread's connection only (a worker thread ending): the process's write-lock
+        file stays open for the other threads, which may be inside a write right now."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    def close(self) -> None:
+        self.close_thread()
         held, self._lock_file = self._lock_file, None
         if held is not None and held[0] == os.getpid():
             _release_lock_file(self.path)
