@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import signal
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,12 @@ def registry_fingerprint(registry) -> str:
 
 def _start_worker(make_server: Callable[[], Any]) -> None:
     global _worker
+    # a worker forked from a server process inherits its signal handlers (gunicorn's SIGTERM only sets a
+    # flag): back to the defaults, so that the pool's terminate() ends it; interrupts are the parent's to handle
+    for name in ("SIGTERM", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGABRT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker = make_server()
 
 
