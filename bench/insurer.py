@@ -217,8 +217,14 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per mode (the median is reported)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--write", action="store_true", help="write the section of docs/benchmarks.md")
+    parser.add_argument("--import-workers", type=int, default=None,
+                        help="processes validating ahead of the $import writes (FHIR_SERVER_IMPORT_WORKERS of the "
+                             "server; default: the server's, the number of CPUs; 0: in the job's thread)")
+    parser.add_argument("--write", action="store_true",
+                        help="replace the section of docs/benchmarks.md (it holds before/after figures: merge by hand)")
     args = parser.parse_args()
+    if args.import_workers is not None:  # the server inherits this process's environment
+        os.environ["FHIR_SERVER_IMPORT_WORKERS"] = str(args.import_workers)
     os.environ["FHIR_SERVER_PURGE_INTERVAL"] = "0"  # the periodic purge would remove the older fifth mid-run
     facts = machine_facts()
     data = dataset(args.items, args.seed)
