@@ -210,7 +210,10 @@ class Importer:
 
     def _worker_server(self) -> Any:
         """In a forked worker: this server as it was at the fork (engine, registry, validators); it prepares
-        with no store access (the patient lookup is deferred, Subscriptions and SearchParameters are inline)."""
+        with no store access (the patient lookup is deferred, Subscriptions and SearchParameters are inline).
+        The locks of its objects are renewed: another thread of the serving process may have held one at the
+        fork, and no thread of this process would ever release it."""
+        _renew_locks(self.server)
         return self.server
 
     def _chunks(self, path: Path, counts: dict, expected_type: str | None
@@ -542,6 +545,36 @@ def _insurer_value(resource: dict) -> str | None:
     value = next((i.get("value") for i in resource.get("identifier") or []
                   if isinstance(i, dict) and i.get("system") == INSURER_SYSTEM), None)
     return value if isinstance(value, str) and value else None
+
+
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+def _renew_locks(root: Any, depth: int = 6) -> int:
+    """Replace every ``threading`` lock held in an attribute of ``root`` or of the objects its attributes
+    reach (``depth`` levels, plain objects only, no containers, not ``threading``'s own objects) by a new one;
+    in a single-threaded forked child only. Returns how many were renewed."""
+    seen: set[int] = set()
+    renewed = 0
+    level = [root]
+    for _ in range(depth):
+        following = []
+        for obj in level:
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            attributes = getattr(obj, "__dict__", None)
+            if not isinstance(attributes, dict):
+                continue
+            for name, value in list(attributes.items()):
+                if isinstance(value, _LOCK_TYPES):
+                    attributes[name] = threading.RLock() if isinstance(value, _LOCK_TYPES[1]) else threading.Lock()
+                    renewed += 1
+                elif hasattr(value, "__dict__") and not isinstance(value, (type, type(os))) \
+                        and not callable(value) and type(value).__module__ != "threading":
+                    following.append(value)  # not into Conditions and Events: they bind their lock's methods
+        level = following
+    return renewed
 
 
 def _reattached(ready: list[Entry], sent: list[Entry]) -> list[Entry]:
