@@ -353,18 +353,12 @@ class Importer:
             if prepared.interaction == "update":
                 return resources.update_in(tx, principal, rtype, prepared.rid, resource, prepared=prepared)
             return resources.create_in(tx, principal, rtype, resource, prepared=prepared)
-        value = _insurer_value(resource)
-        criteria = f"identifier={INSURER_SYSTEM}|{_escape(value)}"
-        matches = chunk.matches(value) if chunk is not None else resources.matches(tx, principal, rtype, criteria,
-                                                                                   "update")
-        if chunk is not None:
-            chunk.written(value, resource)
+        criteria, matches, unchanged = self._match(tx, principal, resource, chunk)
+        if unchanged is not None:
+            return unchanged
         if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
             rid = matches[0][1]
             body = dict(resource, id=rid)
-            unchanged = self._unchanged(tx, principal, rtype, rid, body)
-            if unchanged is not None:
-                return unchanged
             self._checked(tx, resource, failure)
             as_update = Prepared("update", rtype, rid, body, prepared.issues, prepared.index,
                                  prepared.registry_version)
@@ -374,6 +368,21 @@ class Importer:
             return resources.create_in(tx, principal, rtype, resource, prepared=prepared)
         # several matches, or an id of its own: the service's conditional update, prepared in the transaction
         return resources.conditional_update_in(tx, principal, rtype, criteria, resource)
+
+    def _match(self, tx: Any, principal: Principal, resource: dict, chunk: "ChunkMatches | None",
+               seen: tuple[str, int] | None = None) -> tuple[str, list, WriteResult | None]:
+        """A care item's conditional match on the insurer identifier: (criteria, matches, the stored version when
+        the item is identical to its single match — the re-feed, nothing to write — else None)."""
+        value = _insurer_value(resource)
+        criteria = f"identifier={INSURER_SYSTEM}|{_escape(value)}"
+        matches = chunk.matches(value) if chunk is not None else self.server.resources.matches(
+            tx, principal, EOB, criteria, "update")
+        if chunk is not None:
+            chunk.written(value, resource)
+        unchanged = None
+        if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
+            unchanged = self._unchanged(tx, principal, EOB, matches[0][1], dict(resource, id=matches[0][1]), seen)
+        return criteria, matches, unchanged
 
     @staticmethod
     def _checked(tx: Any, resource: dict, failure: tuple[int, list[Issue]] | None) -> None:
@@ -407,19 +416,11 @@ class Importer:
         resources = self.server.resources
         rtype = resource["resourceType"]
         if rtype == EOB:
-            value = _insurer_value(resource)
-            criteria = f"identifier={INSURER_SYSTEM}|{_escape(value)}"
-            matches = chunk.matches(value) if chunk is not None else resources.matches(tx, principal, rtype, criteria,
-                                                                                       "update")
-            if chunk is not None:
-                chunk.written(value, resource)
+            criteria, matches, unchanged = self._match(tx, principal, resource, chunk, seen)
+            if unchanged is not None:
+                return unchanged
             if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
-                rid = matches[0][1]
-                body = dict(resource, id=rid)
-                unchanged = self._unchanged(tx, principal, rtype, rid, body, seen)
-                if unchanged is not None:
-                    return unchanged
-                return resources.update_in(tx, principal, rtype, rid, body)
+                return resources.update_in(tx, principal, rtype, matches[0][1], dict(resource, id=matches[0][1]))
             return resources.conditional_update_in(tx, principal, rtype, criteria, resource)
         if resource.get("id"):
             return resources.update_in(tx, principal, rtype, resource["id"], resource)
