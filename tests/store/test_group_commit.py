@@ -135,7 +135,7 @@ def _outcome(action, i):
 
 def test_a_failed_commit_fails_every_action_of_its_batch(store, monkeypatch):
     if not hasattr(store, "_commit_batch"):
-        pytest.skip("no group commit on this backend")
+        pytest.skip("MongoDB commits one transaction per write (no group commit): there is no batch to fail")
     import sqlite3
     real = store._conn
 
@@ -226,7 +226,7 @@ def test_prepared_index_equals_the_index_of_the_stored_version(app):
 
 def test_two_store_objects_on_one_file_share_the_process_write_lock(store, tmp_path):
     if not hasattr(store, "_writer_fd"):
-        pytest.skip("SQLite only")
+        pytest.skip("the write-lock file is how SQLite writer processes wait for each other; MongoDB has none")
     from fhir_server.store.sqlite import SQLiteStore
     other = SQLiteStore(store.path, synchronous="NORMAL")
     try:
