@@ -153,6 +153,10 @@ class FHIRServer:
             import auth
             server_root = base_url.rsplit("/fhir", 1)[0]
             statement["rest"] = [dict(statement["rest"][0], security=auth.capability_security(server_root + "/auth"))]
+        from fhir_server.policy.gate import RecordGate
+        if isinstance(self.gate, RecordGate):  # $emergency-access and $close need the record's rules
+            from fhir_server.services.capability import with_record_operations
+            statement = with_record_operations(statement)
         return statement
 
     @staticmethod

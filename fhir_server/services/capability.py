@@ -19,6 +19,10 @@ TYPE_OPERATIONS = {
     "Patient": [("everything", R4_OPERATION + "Patient-everything"), ("export", BULK_OPERATION + "patient-export")],
     "Group": [("export", BULK_OPERATION + "group-export")],
 }
+DMP_OPERATION = "https://dmp.example.org/fhir/OperationDefinition/"
+#: the record's own operations (fhir_server/http/record_api.py), served when the record's rules are on
+RECORD_OPERATIONS = [("emergency-access", DMP_OPERATION + "Patient-emergency-access"),
+                     ("close", DMP_OPERATION + "Patient-close")]
 SUPPORTED_SEARCH_TYPES = {"number", "date", "string", "token", "reference", "composite", "quantity", "uri"}
 
 
@@ -87,6 +91,16 @@ def capability_statement(definitions: Definitions, registry: SearchParameterRegi
                  "documentation": "Resource types to search across (system-level search)"},
             ],
             "operation": [{"name": "export", "definition": BULK_OPERATION + "export"},
+                          {"name": "import", "definition": DMP_OPERATION + "import"},  # bulk_api, ADR 0006
                           {"name": "meta", "definition": R4_OPERATION + "Resource-meta"}],
         }],
     }
+
+
+def with_record_operations(statement: dict) -> dict:
+    """``statement`` with the record's operations on Patient (a copy: the cached statement is shared)."""
+    rest = dict(statement["rest"][0])
+    rest["resource"] = [dict(r, operation=[*r.get("operation", []), *({"name": n, "definition": d}
+                                                                       for n, d in RECORD_OPERATIONS)])
+                        if r["type"] == "Patient" else r for r in rest["resource"]]
+    return dict(statement, rest=[rest, *statement["rest"][1:]])

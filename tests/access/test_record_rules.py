@@ -307,3 +307,10 @@ def test_the_care_history_is_seen_by_the_patient_and_authorised_professionals_on
                  "ExplanationOfBenefit") == {"care1"}
     assert found(dmp, "/fhir/ExplanationOfBenefit", pro(dmp, "drB"), "ExplanationOfBenefit") == set()
     assert dmp.get("/fhir/ExplanationOfBenefit/care1", pro(dmp, "drB")).status_code == 404
+
+
+def test_the_capability_statement_lists_the_records_operations(dmp):
+    rest = dmp.client.get("/fhir/metadata").get_json()["rest"][0]
+    patient = next(r for r in rest["resource"] if r["type"] == "Patient")
+    assert {"emergency-access", "close", "everything"} <= {o["name"] for o in patient["operation"]}
+    assert "import" in {o["name"] for o in rest["operation"]}
