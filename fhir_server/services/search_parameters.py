@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -53,6 +52,7 @@ from fhir_server.model import jsonio
 from fhir_server.model.outcome import Issue
 from fhir_server.search.expressions import Unsupported
 from fhir_server.search.parameters import PARAM_TYPES, expression_for_type
+from fhir_server.services.store_mirror import StoreMirror
 from fhir_server.store.base import Store, StoredResource
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -124,8 +124,10 @@ class CheckingValidator:
         return getattr(self.inner, name)
 
 
-class SearchParameterService:
+class SearchParameterService(StoreMirror):
     """The custom SearchParameters of one server: checks, application to the registry, refresh."""
+
+    mirrored_type = TYPE
 
     def __init__(self, engine: "Engine", store: Store, *, interval: float = REFRESH_INTERVAL,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -135,8 +137,7 @@ class SearchParameterService:
         self.indexer = indexer
         self.definitions = engine.definitions
         self.store = store
-        self.interval = interval
-        self.clock = clock
+        self.init_mirror(interval, clock)
         #: the engine the server must use: own registry and indexer, validator that runs :meth:`check`
         self.engine = dataclasses.replace(engine, registry=registry, indexer=indexer,
                                           validator=CheckingValidator(engine.validator, self))
@@ -145,11 +146,8 @@ class SearchParameterService:
         self.r4_urls = frozenset(sp.get("url") for sp in engine.definitions.search_parameters)
         self.builtin_urls = self.r4_urls | {p.url for t in self.served for p in registry.for_type(t).values()}
         self.builtin_codes = {t: frozenset(registry.for_type(t)) for t in self.served}
-        self._lock = threading.RLock()
         self._known: dict[str, tuple[int, dict | None]] = {}  # id -> (version, body if active/draft)
         self._applied: dict[str, dict] = {}  # id -> the SearchParameter applied to the registry
-        self._marker: tuple | None = None  # what the store looked like at the last load
-        self._checked_at = -float("inf")
 
     # -- checks ------------------------------------------------------------------------------
     def check(self, sp: dict) -> list[Issue]:
@@ -351,10 +349,8 @@ class SearchParameterService:
             (new.get("url"), new.get("code"), sorted(new.get("base") or ()))
 
     # -- loading and refreshing --------------------------------------------------------------
-    def _store_marker(self) -> tuple:
-        page = self.store.history(TYPE, count=1)
-        newest = page.entries[0] if page.entries else None
-        return page.total, (newest.id, newest.version, newest.last_updated) if newest else None
+    def mirror_store(self) -> Store:
+        return self.store
 
     def load(self) -> int:
         """(Re)load every stored SearchParameter and apply the active ones; how many are in effect."""
@@ -369,25 +365,6 @@ class SearchParameterService:
             self._marker = marker
             self._checked_at = self.clock()
             return len(self._applied)
-
-    def refresh(self, force: bool = False) -> bool:
-        """Pick up the SearchParameters other processes wrote; True when the store was reloaded.
-
-        Without ``force``, looks at the store at most every :attr:`interval` seconds.
-        """
-        now = self.clock()
-        if not force and now - self._checked_at < self.interval:
-            return False
-        if not self._lock.acquire(blocking=force):
-            return False  # another thread is looking right now
-        try:
-            self._checked_at = now
-            if self._store_marker() == self._marker:
-                return False
-            self.load()
-            return True
-        finally:
-            self._lock.release()
 
     def before_request(self) -> None:
         """Flask ``before_request`` hook: a cheap, periodic :meth:`refresh` (store errors are logged, not raised)."""

@@ -23,7 +23,6 @@ a delivery succeeds while it is in error (back to ``active``), and when its ``en
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -33,6 +32,7 @@ from fhir_server.access.gate import Principal, id_clause
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FHIRError
 from fhir_server.search.query import AnyOf, Clause, Query
+from fhir_server.services.store_mirror import StoreMirror
 from fhir_server.store.base import StoredResource
 from fhir_server.subscriptions.checks import DELIVERED, TYPE, Definition, definition
 from fhir_server.subscriptions.delivery import Deliveries, Notification, Outcome
@@ -42,19 +42,17 @@ log = logging.getLogger(__name__)
 REFRESH_INTERVAL = 5.0  # seconds between two looks at the store for other processes' Subscription changes
 
 
-class SubscriptionService:
+class SubscriptionService(StoreMirror):
+    mirrored_type = TYPE
+
     def __init__(self, server: Any, *, interval: float = REFRESH_INTERVAL,
                  clock: Callable[[], float] = time.monotonic, **delivery_options: Any) -> None:
         self.server = server
-        self.interval = interval
-        self.clock = clock
+        self.init_mirror(interval, clock)
         self.deliveries = Deliveries(self._delivered, self._still_wanted, **delivery_options)
-        self._lock = threading.RLock()
         self._by_id: dict[str, Definition] = {}
         self._by_type: dict[str, list[Definition]] = {}
         self._versions: dict[str, int] = {}  # newest Subscription version seen per id (any status)
-        self._marker: Any = None
-        self._checked_at = float("-inf")
 
     # -- who may subscribe ---------------------------------------------------------------------
     def check_owner(self, principal: Principal, rtype: str) -> None:
@@ -79,10 +77,8 @@ class SubscriptionService:
         with self._lock:
             return self._by_id.get(rid)
 
-    def _store_marker(self) -> tuple:
-        page = self.server.store.history(TYPE, count=1)
-        newest = page.entries[0] if page.entries else None
-        return page.total, (newest.id, newest.version) if newest else None
+    def mirror_store(self) -> Any:
+        return self.server.store
 
     def load(self) -> int:
         """(Re)load the subscriptions in effect from the store, by a search on their status."""
@@ -106,22 +102,6 @@ class SubscriptionService:
             self._marker = marker
             self._checked_at = self.clock()
             return len(found)
-
-    def refresh(self, force: bool = False) -> bool:
-        """Pick up the Subscription changes of other processes; True when reloaded."""
-        now = self.clock()
-        if not force and now - self._checked_at < self.interval:
-            return False
-        if not self._lock.acquire(blocking=force):
-            return False
-        try:
-            self._checked_at = now
-            if self._store_marker() == self._marker:
-                return False
-            self.load()
-            return True
-        finally:
-            self._lock.release()
 
     def _definition(self, stored: StoredResource) -> Definition | None:
         if stored.deleted or stored.body is None:
