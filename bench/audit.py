@@ -2,7 +2,7 @@
 """Traceability overhead: read-by-id and search throughput with tracing on and off (docs/adr/0008).
 
 Each round starts two servers one after the other (``fhir-server serve --insecure-no-auth`` under
-gunicorn, loopback, fresh SQLite store each), one with tracing on (the default) and one with
+granian, loopback, fresh SQLite store each), one with tracing on (the default) and one with
 ``FHIR_SERVER_AUDIT=0``, in alternating order (ABBA...) so that drift in the machine's load hits
 both alike. For each: ``--resources`` validated POSTs (25 % Patients, then Observations, Conditions
 and AllergyIntolerances referencing them: bench/crud.py's generator), then, after a warm-up,
@@ -151,7 +151,7 @@ def report(runs: list[Run], args, facts: dict, command: str, load_before: str, l
              f"{facts['python']}, SQLite {facts['sqlite']}; {facts['date']}, commit {facts['commit']}. "
              f"Load average (`uptime`) before: {load_before}; after: {load_after}. The machine is shared "
              "(other builds and tests ran during the measurement), and the load generator runs on the same "
-             f"cores as the server: {args.workers} gunicorn workers x {args.threads} threads, "
+             f"cores as the server: {args.workers} granian workers x {args.threads} threads, "
              f"{args.clients} keep-alive connections, {args.resources} resources per store, "
              f"{args.duration:.0f} s per measurement after {args.warmup:.0f} s of warm-up, {args.repeat} rounds "
              "alternating the order of the two modes.", "",
@@ -185,8 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resources", type=int, default=4_000, help="resources created per store")
     parser.add_argument("--clients", type=int, default=8, help="concurrent keep-alive connections")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (each: one server per mode)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument("--threads", type=int, default=2, help="WSGI threads per worker process")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each measurement")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured requests before")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",

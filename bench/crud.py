@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """CRUD benchmark of the served FHIR API: create, read by id and update over keep-alive HTTP.
 
-Each round starts its own server (``fhir-server serve --insecure-no-auth`` under gunicorn
-gthread, on 127.0.0.1, a free port and a fresh temporary SQLite store), waits for
+Each round starts its own server (``fhir-server serve --insecure-no-auth`` under granian
+(WSGI), on 127.0.0.1, a free port and a fresh temporary SQLite store), waits for
 ``/fhir/metadata`` and then measures:
 
 1. create: ``--resources`` validated POSTs (25 % Patients, then Observations, Conditions and
@@ -325,7 +325,7 @@ class PhaseResult:
     server_cpu: float = 0.0  # CPU seconds used by the server processes during the phase
     client_cpu: float = 0.0  # CPU seconds used by the load generator during the phase
     other_cpu: float = 0.0  # CPU seconds used by everything else on the machine during the phase
-    worker_share: float = 0.0  # the busiest gunicorn worker's share of the workers' CPU
+    worker_share: float = 0.0  # the busiest worker process's share of the workers' CPU
     responses: list[tuple[Request, int, bytes]] = field(default_factory=list)  # kept only when asked
 
     @property
@@ -620,7 +620,7 @@ class Server:
         raise RuntimeError(f"/fhir/metadata did not answer 200 within {STARTUP_TIMEOUT:.0f} s:\n" + self.log_tail())
 
     def wait_for_workers(self, limit: float = 30.0) -> None:
-        """Wait until every gunicorn worker has booted (the master plus ``workers`` processes, and their CPU
+        """Wait until every worker process has booted (the master plus ``workers`` processes, and their CPU
         use has settled): the first answer comes from the first worker ready, and keep-alive connections
         opened before the others are ready would all stay on it (one worker doing all the work)."""
         deadline = time.monotonic() + limit
@@ -847,7 +847,7 @@ def machine_facts(args, workdir: Path, wrk: str | None) -> dict[str, str]:
         pass
     import sqlite3
 
-    import gunicorn
+    from importlib.metadata import version
     fs = "?"
     try:
         best = ""
@@ -866,7 +866,7 @@ def machine_facts(args, workdir: Path, wrk: str | None) -> dict[str, str]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
-        "server": f"gunicorn {gunicorn.__version__} gthread -w {args.workers} --threads {args.threads}, "
+        "server": f"granian {version('granian')} WSGI --workers {args.workers} --threads {args.threads}, "
                   f"SQLite WAL synchronous={args.synchronous} on {fs}, access log off (the serve default)",
         "wrk": wrk_version or "not installed",
     }
@@ -970,7 +970,7 @@ def failures_text(rounds: list[Round]) -> str:
     for i, r in enumerate(rounds):
         for phase in (r.read, r.wrk):
             if phase is not None and phase.worker_share > 0.8 and r.workers > 1:
-                out.append(f"- round {i + 1}, {phase.name} ({phase.client.split(',')[0]}): one gunicorn worker did "
+                out.append(f"- round {i + 1}, {phase.name} ({phase.client.split(',')[0]}): one worker process did "
                            f"{phase.worker_share:.0%} of the work (its keep-alive connections were not spread "
                            f"over the {r.workers} workers), which caps the throughput at about one core")
         for line in r.server_problems[:MAX_EXAMPLES]:
@@ -993,7 +993,7 @@ def report(rounds: list[Round], args, facts: dict[str, str], command: str, start
              f"Figures are medians over the rounds; latency is per request as seen by the client; "
              f"throughput counts 2xx answers only. "
              f"**The load generator shares the {os.cpu_count()} cores with the server**: the last column shows "
-             f"how many cores each used on average (server = gunicorn master and workers, client = this "
+             f"how many cores each used on average (server = granian master and workers, client = this "
              f"script or wrk, other = the rest of the machine, from /proc/stat). Before each phase the script waits up to "
              f"{args.wait_idle:g} s for other processes to use less than 0.3 cores, and a read measurement "
              f"disturbed by them is taken again (up to {args.read_attempts} times, the least disturbed kept).",
@@ -1040,8 +1040,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resources", type=int, default=10_000, help="resources created per round")
     parser.add_argument("--clients", type=int, default=8, help="concurrent keep-alive connections")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (each with a fresh server and store)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument("--threads", type=int, default=2, help="WSGI threads per worker process")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each read measurement")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured reads before")
     parser.add_argument("--max-reads", type=int, default=500_000, help="upper bound on reads per measurement")

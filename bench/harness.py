@@ -1,6 +1,6 @@
 """What every benchmark here shares: machine facts, a served app on loopback, percentiles, the doc.
 
-The benchmarks start the real server (``fhir-server serve`` under gunicorn, in its own process
+The benchmarks start the real server (``fhir-server serve`` under granian, in its own process
 group, on 127.0.0.1 and a free port), so what they measure is what a client gets. All traffic
 stays on loopback; every server is stopped at the end.
 """

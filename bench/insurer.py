@@ -2,7 +2,7 @@
 """Care history feed benchmark (issue #8): how many care items per second the insurer can feed.
 
 For each mode, a fresh SQLite store and the real server (``fhir-server serve --insecure-no-auth``,
-gunicorn, ``--workers 2 --threads 2``, periodic purge off) on loopback:
+granian, ``--workers 2 --threads 2``, periodic purge off) on loopback:
 
 1. the synthetic insurer's patients are imported first (``$import``, not timed);
 2. ``--items`` care items (``fhir_server.carehistory.synthetic``, deterministic, a fifth of them

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([
         SECTION, "",
         f"Command: `{command.strip()}` — {facts['date']}, commit {facts['commit']}; {facts['nproc']} cores "
-        f"({facts['cpu']}), Python {facts['python']}, SQLite {facts['sqlite']}; gunicorn {args.workers} workers x "
+        f"({facts['cpu']}), Python {facts['python']}, SQLite {facts['sqlite']}; granian {args.workers} workers x "
         f"{args.threads} threads; load average {load_before} before, {loadavg()} after (the client shares the "
         "machine).", "",
         "| measurement | p50 ms | p95 ms | target |",

@@ -10,7 +10,7 @@ Phases:
    and indexed, client ids with PUT semantics) into a fresh SQLite store; reports the rate and
    the elapsed time, with progress on stderr;
 2. the store's size on disk (database file + WAL), rows per index table;
-3. the served app (``fhir-server serve --insecure-no-auth`` under gunicorn, on 127.0.0.1 and a
+3. the served app (``fhir-server serve --insecure-no-auth`` under granian, on 127.0.0.1 and a
    free port; stopped at the end) and a fixed query mix over HTTP with one keep-alive client
    (``requests.Session``): each kind runs ``--queries-per-kind`` times with different realistic
    values (random patients of the data set, their identifiers, names, codes and dates), the

@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server for the shared medical record")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve the FHIR API with a production WSGI server (gunicorn)")
+    serve = sub.add_parser("serve", help="serve the FHIR API with a production WSGI server (granian)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--store", help=f"sqlite:///PATH or mongodb://... (default $FHIR_SERVER_STORE or "
@@ -102,25 +102,8 @@ def serve(args: argparse.Namespace) -> int:
                                  profile_mode=args.profile_mode,
                                  otp_ttl=args.otp_ttl, access_token_ttl=args.access_token_ttl,
                                  otp_outbox=args.otp_outbox)
-    from gunicorn.app.base import BaseApplication
-
     from fhir_server.app import create_app
-
-    class Server(BaseApplication):
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{args.port}")
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("threads", args.threads)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("keepalive", 5)
-            if args.access_log:
-                self.cfg.set("accesslog", "-")
-            self.cfg.set("max_requests", 100_000)
-            self.cfg.set("max_requests_jitter", 1000)
-
-        def load(self):  # in each worker process, after the fork: one bulk export thread per process
-            return create_app(settings, bulk_worker=True)
-
+    from fhir_server.serving import ServeOptions, run
     from fhir_server.services.publication import publish
     server = create_app(settings).extensions["fhir"]  # fail fast on a bad store URL, create the schema once
     published = publish(server.resources)  # the record's profiles, readable at /fhir/StructureDefinition
@@ -128,7 +111,8 @@ def serve(args: argparse.Namespace) -> int:
     print(f"{published} definitions from profiles/ published or updated", file=sys.stderr)
     print(f"serving FHIR R4 at http://{args.host}:{args.port}/fhir on {settings.store_url}"
           + (" WITHOUT AUTHENTICATION" if settings.insecure_no_auth else ""), file=sys.stderr)
-    Server().run()
+    run(settings, ServeOptions(host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+                               access_log=args.access_log))
     return 0
 
 

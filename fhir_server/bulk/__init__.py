@@ -60,7 +60,7 @@ class BulkExports:
         self.worker: BulkWorker | None = BulkWorker(self.jobs, self.exporter, self.settings) if self.jobs else None
 
     def start_worker(self) -> None:
-        """Start this process's worker thread (idempotent; call after forking, e.g. in each gunicorn worker)."""
+        """Start this process's worker thread (idempotent; call after forking, e.g. in each server worker process)."""
         if self.worker is not None:
             self.worker.start()
 

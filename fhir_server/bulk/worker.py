@@ -1,6 +1,6 @@
 """The background worker: one thread per process claims export jobs and runs them.
 
-Claims are atomic with a lease (see :mod:`fhir_server.bulk.jobs`), so with several gunicorn
+Claims are atomic with a lease (see :mod:`fhir_server.bulk.jobs`), so with several server
 processes exactly one runs a job. Files go to ``<directory>/<job id>/attempt-<n>/``: a run
 that takes over a job whose worker died first removes the whole job directory, so nothing
 partial survives, and a presumed-dead worker still writing can only touch its own attempt
