@@ -13,9 +13,16 @@ What a write costs in validation, in-process (no HTTP, no store): base R4 valida
    < 200 ms for 100 entries); the median of ``--repeat`` runs. Also shown: the Bundle validated as one
    resource (base walk of the whole Bundle, what ``fhir-server validate`` and ``$validate`` do);
 3. *start-up*: loading the registry (R4 subset, conformance pack, profiles/), and compiling every
-   profile on first use (what the first writes pay once).
+   profile on first use (what the first writes pay once);
+4. *CPU per resource* (``--cpu``, or alone with ``--cpu-only``): ``time.process_time()`` of the write
+   path's validation (base walk, then the type's registry profile and ``meta.profile``, as
+   ``ProfileEnforcer`` asks) per resource, the median of ``--cpu-repeat`` runs per resource, then the
+   median over the resources of each kind: the insurer's synthetic care items (ExplanationOfBenefit) and
+   patients (``fhir_server.carehistory.synthetic``), the clinical resources of ``bench/crud.py``, and the
+   valid examples of the manifest. CPU time, not wall time: the machine is shared.
 
-Usage: .venv/bin/python bench/validate.py [--repeat 200] [--entries 100] [--write]
+Usage: .venv/bin/python bench/validate.py [--repeat 200] [--entries 100] [--cpu] [--write]
+       .venv/bin/python bench/validate.py --cpu-only [--cpu-repeat 15] [--json out.json]
 """
 from __future__ import annotations
 
@@ -62,12 +69,82 @@ def write_path(validator, resource: dict, profiles: list[str]) -> list:
     return issues + validator.check_profiles(resource, profiles, issues).issues
 
 
+# -- CPU per resource ----------------------------------------------------------------------------------
+
+def write_profiles(definitions, resource: dict) -> list[str]:
+    """The profiles a write of ``resource`` is checked against: its type's registry profiles, then meta.profile."""
+    from fhir_server.validation.validator import claimed_profiles
+
+    entry = definitions.served.get(resource["resourceType"])
+    required = list(entry.profiles) if entry is not None else []
+    return list(dict.fromkeys(required + claimed_profiles(resource)))
+
+
+def cpu_corpus(seed: int = 8, patients: int = 12, clinical: int = 40) -> dict[str, list[dict]]:
+    """The resources measured, by kind: insurer care items and patients, crud.py's clinical bodies, examples."""
+    import random
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import crud  # noqa: E402  (bench/crud.py: the generators of the CRUD benchmark)
+    from fhir_server.carehistory.synthetic import SyntheticInsurer
+
+    insurer = SyntheticInsurer(patients, seed=seed, now=dt.datetime(2025, 6, 1, tzinfo=dt.timezone.utc))
+    items = [item for i in range(patients) for item in insurer.care_items(i)]
+    rng = random.Random(seed)
+    ref = {"reference": "Patient/bench-1", "display": "Bench Patient"}
+    corpus = {
+        "ExplanationOfBenefit (insurer care item)": items[::max(1, len(items) // 60)][:60],
+        "Patient (insurer, synthetic)": [insurer.patient(i) for i in range(patients)],
+        "Patient (crud.py)": [crud.make_patient(rng) for _ in range(clinical // 2)],
+        "Observation (crud.py)": [crud.make_observation(rng, ref) for _ in range(clinical)],
+        "Condition (crud.py)": [crud.make_condition(rng, ref) for _ in range(clinical // 2)],
+        "AllergyIntolerance (crud.py)": [crud.make_allergy(rng, ref) for _ in range(clinical // 2)],
+        "manifest examples (valid)": [resource for _, resource, _ in load_items()],
+    }
+    return corpus
+
+
+def cpu_per_resource(validator, definitions, resources: list[dict], repeat: int) -> list[float]:
+    """Median CPU milliseconds of the write path's validation, per resource (after one warm-up run)."""
+    clock = time.process_time
+    out = []
+    for resource in resources:
+        profiles = write_profiles(definitions, resource)
+        write_path(validator, resource, profiles)
+        samples = []
+        for _ in range(repeat):
+            start = clock()
+            write_path(validator, resource, profiles)
+            samples.append(clock() - start)
+        out.append(statistics.median(samples) * 1000)
+    return out
+
+
+def cpu_table(validator, definitions, repeat: int) -> tuple[list[str], dict[str, dict]]:
+    """Markdown lines and raw figures: CPU per resource by kind (median of per-resource medians)."""
+    figures: dict[str, dict] = {}
+    for kind, resources in cpu_corpus().items():
+        per = cpu_per_resource(validator, definitions, resources, repeat)
+        figures[kind] = {"n": len(per), "median_ms": statistics.median(per), "mean_ms": statistics.fmean(per),
+                         "max_ms": max(per)}
+    lines = ["| kind | resources | CPU per resource, median (ms) | mean | slowest |", "|---|---|---|---|---|"]
+    lines += [f"| {kind} | {f['n']} | **{f['median_ms']:.3f}** | {f['mean_ms']:.3f} | {f['max_ms']:.3f} |"
+              for kind, f in figures.items()]
+    return lines, figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=200, help="validations per item / transactions (default 200)")
     parser.add_argument("--entries", type=int, default=100, help="entries of the transaction (default 100)")
     parser.add_argument("--write", action="store_true", help=f"replace the '{SECTION}' section of {DOC}")
+    parser.add_argument("--cpu", action="store_true", help="also measure CPU per resource by kind")
+    parser.add_argument("--cpu-only", action="store_true", help="measure CPU per resource by kind only")
+    parser.add_argument("--cpu-repeat", type=int, default=15, help="runs per resource for --cpu (default 15)")
+    parser.add_argument("--json", type=Path, help="--cpu-only: also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.cpu_only:
+        return cpu_only(args)
 
     from fhir_server.definitions import Definitions
     from fhir_server.validation.profiles import ProfileRegistry
@@ -113,10 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     transaction_ms = timed(per_entry, max(10, args.repeat // 10)) * 1000
     whole_ms = timed(lambda: validator.validate(bundle), max(10, args.repeat // 10)) * 1000
 
+    cpu_lines: list[str] = []
+    if args.cpu:
+        cpu_lines, _ = cpu_table(validator, definitions, args.cpu_repeat)
+        cpu_lines = ["CPU per resource (`time.process_time()`, median of "
+                     f"{args.cpu_repeat} runs per resource, then the median over the resources of each kind; the "
+                     "profiles a write checks: the type's registry profile and `meta.profile`):", "", *cpu_lines, ""]
+
     median_record = statistics.median(record)
     lines = [SECTION, "",
              f"Command (from the repository root): `.venv/bin/python bench/validate.py --repeat {args.repeat} "
-             f"--entries {args.entries}{' --write' if args.write else ''}`  ",
+             f"--entries {args.entries}{' --cpu' if args.cpu else ''}{' --write' if args.write else ''}`  ",
              f"Date: {started}  ",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
              f"{platform.platform()}; Python {platform.python_version()}; load average at the end "
@@ -144,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
              "Per kind of resource (median of the per-item medians, ms): " + ", ".join(
                  f"{rtype} {statistics.median(values):.2f}" for rtype, values in sorted(by_type.items())) + ".",
              "",
+             *cpu_lines,
              "Why it is fast: definitions are compiled once into trees keyed by JSON property; the profile walk "
              "skips the base invariants (the base walk ran them) and drops what the base walk already reported; "
              "FHIRPath invariants are first tried by a pre-check that answers the common `where(...)`, `exists()`, "
@@ -158,6 +243,22 @@ def main(argv: list[str] | None = None) -> int:
         write_section(text)
     ok = median_record < TARGET_ITEM_MS and transaction_ms < TARGET_TRANSACTION_MS * args.entries / 100
     return 0 if ok else 1
+
+
+def cpu_only(args) -> int:
+    """``--cpu-only``: the CPU table alone (to compare two versions of the validator quickly)."""
+    from fhir_server.definitions import Definitions
+    from fhir_server.validation.profiles import ProfileRegistry
+    from fhir_server.validation.validator import Validator
+
+    definitions = Definitions()
+    validator = Validator(ProfileRegistry(definitions))
+    lines, figures = cpu_table(validator, definitions, args.cpu_repeat)
+    print("\n".join(lines))
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    return 0
 
 
 def write_section(text: str) -> None:

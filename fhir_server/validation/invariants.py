@@ -484,6 +484,55 @@ def _member_of(value: Any, name: str) -> Any:
     return EMPTY if not variants else UNKNOWN
 
 
+# --- invariants that hold when elements are absent -----------------------------------------
+
+class _EmptyFocus(dict):
+    """An empty focus that records which keys the pre-check looks for; any other use spoils it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looked_for: set = set()
+        self.spoiled = False
+
+    def __contains__(self, key: object) -> bool:
+        self.looked_for.add(key)
+        return False
+
+    def _spoil(self, *args: Any, **kwargs: Any) -> Any:
+        self.spoiled = True
+        raise LookupError("the pre-check reads more than key presence")
+
+    __getitem__ = get = keys = items = values = __iter__ = __len__ = _spoil
+
+
+class _NoContext(tuple):
+    """``(%resource, %rootResource)`` that must not be read."""
+
+    def __getitem__(self, index: Any) -> Any:
+        raise LookupError("the pre-check reads %resource or %rootResource")
+
+
+def absent_keys(invariant: Invariant, members: dict) -> frozenset | None:
+    """JSON keys whose joint absence from a focus makes ``invariant`` hold, or None.
+
+    The pre-check is run once on an empty focus (with the node's ``members``). When it
+    answers "holds" (true, or empty) having only asked whether some keys are present (no
+    value read, no ``%resource``), then on any focus that has none of those keys it asks the
+    same questions, gets the same answers and answers the same: the walk can skip the
+    evaluation (``dom-2``: ``contained.contained.empty()`` on a resource without ``contained``).
+    """
+    if invariant.precheck is None or not members:
+        return None
+    focus = _EmptyFocus()
+    try:
+        answer = invariant.precheck(focus, members, _NoContext((None, None)))
+    except Exception:
+        return None
+    if focus.spoiled or not (answer is True or answer is EMPTY):
+        return None
+    return frozenset(focus.looked_for)
+
+
 # --- the engine ---------------------------------------------------------------------------
 
 class InvariantEngine:

@@ -25,6 +25,7 @@ definition.
 """
 from __future__ import annotations
 
+import copy
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -33,12 +34,13 @@ from typing import Any
 
 from fhir_server.definitions import Definitions
 from fhir_server.model.outcome import Issue
-from fhir_server.validation.invariants import Invariant, InvariantEngine
+from fhir_server.validation.invariants import Invariant, InvariantEngine, absent_keys
 from fhir_server.validation.primitives import FHIR_TYPE_EXTENSION, Primitive, build_primitives
 from fhir_server.validation.checks import type_checks
 from fhir_server.validation.terminology import Terminology
 
 PRIMITIVE, COMPLEX, RESOURCE = 1, 2, 3
+REPEATED = 4  # a profile walk's pruned child whose value can only repeat the base walk (_Compiler.pruned)
 SYSTEM_TYPE_PREFIX = "http://hl7.org/fhirpath/System."
 CORE_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
 SYSTEM_TYPES = {"String": "string", "Boolean": "boolean", "Integer": "integer", "Decimal": "decimal",
@@ -68,7 +70,7 @@ class Node:
 
     __slots__ = ("type_path", "children", "required", "members", "invariants", "is_resource",
                  "extension_value_keys", "temporal", "minimums", "slice_minimums", "url", "label", "check",
-                 "contexts")
+                 "contexts", "inert", "pruned", "absent")
 
     def __init__(self, type_path: str, is_resource: bool = False) -> None:
         self.type_path = type_path  # what fhirpathpy knows this node as ("Period", "Observation.component")
@@ -85,6 +87,9 @@ class Node:
         self.label = ""  # the profile this node comes from, for messages
         self.check: Callable[[Any, str, list], None] | None = None  # a rule of its type (checks.py)
         self.contexts: frozenset[str] | None = None  # where an extension definition may be used
+        self.inert: bool | None = None  # profile compilers: see _Compiler.inert (None: not computed yet)
+        self.pruned: Node | None = None  # profile compilers: see _Compiler.pruned (None: not made yet)
+        self.absent: dict[int, frozenset | None] | None = None  # id(invariant) -> invariants.absent_keys
 
 
 class Child:
@@ -203,6 +208,35 @@ class RequiredOnly(Terminology):
         return self.required(value_set) if strength == "required" else None
 
 
+EXTENSION_KEYS = ("extension", "modifierExtension")
+
+
+def _plain_child(child: Child) -> bool:
+    """Does ``child`` check nothing beyond its base definition (a profile walk's view of it)?"""
+    binding = child.binding
+    return (child.weak is None and child.fixed is NOTHING and child.pattern is NOTHING and child.slicing is None
+            and child.max != 0 and child.message is None and not child.invariants and child.max_length is None
+            and not child.resource_profiles and not child.profile
+            and (binding is None or (not binding.expansion.opaque and not binding.expansion.open_systems)))
+
+
+def _bare(value: Any) -> bool:
+    """No extension anywhere in ``value``: no ``extension``/``modifierExtension``, no ``_x`` (they may carry some)."""
+    if type(value) is dict:
+        for key, item in value.items():
+            if key in EXTENSION_KEYS or key[:1] == "_":
+                return False
+            kind = type(item)
+            if (kind is dict or kind is list) and not _bare(item):
+                return False
+    elif type(value) is list:
+        for item in value:
+            kind = type(item)
+            if (kind is dict or kind is list) and not _bare(item):
+                return False
+    return True
+
+
 class _Compiler:
     """Turns StructureDefinition snapshots into :class:`Node` trees (once per definition).
 
@@ -319,6 +353,91 @@ class _Compiler:
                     url = view.by_path.get("Extension.url", {}).get("fixedUri")
                     node.url = url or sd.get("url")
         return self._cached((view.key, view.root_id, "type"), make, fill)
+
+    # -- what a profile walk may skip -------------------------------------------------------
+
+    def inert(self, node: Node) -> bool:
+        """Can a profile walk leave out the content of ``node`` (extension instances aside)?
+
+        The profile walk runs after the base walk, over the same JSON, and only keeps the issues
+        the base walk did not find. A node compiled from a base definition (no profile label),
+        with nothing below it that only profiles check, finds at each place exactly what the base
+        node of the same type found there, or less (no type checks, no base invariants): walking
+        it again costs time and adds nothing. Nothing below means: no invariants (the profile
+        compiler keeps only those the base walk does not run), no slicing, fixed or pattern
+        value, extensible or preferred binding, no required binding that may say "not checked"
+        (profile walks report codes they cannot check, the base walk does not), no element a
+        profile removed, no nested resource with profiles. Extension instances are the one thing
+        that depends on the data (the profile walk checks them against the definitions of
+        profiles/): the walk skips a node only when the value carries none (:func:`_bare`).
+
+        Computed once per node (nodes are immutable once compiled); only meaningful for
+        nodes of a profile compiler.
+        """
+        inert = node.inert
+        if inert is None:
+            inert = node.inert = self._nothing_reachable(node)
+        return inert
+
+    def pruned(self, node: Node) -> Node:
+        """``node`` as a profile walk needs it: the values that can only repeat the base walk are not checked.
+
+        Children whose value checks are the base walk's own (same primitive, same required
+        binding and reference targets, nothing only profiles check: :func:`_plain_child`) become
+        ``REPEATED`` copies: the walk still sees the property (shape, choices, ``_x`` companions,
+        cardinality), but does not check its value again. In a node of a profile, a binding or
+        reference targets may be the profile's own, so such children are kept. In a node of a
+        base definition, the missing required elements are the base walk's findings too (same
+        message), so they are not looked for. Complex children stay (their content may hold
+        extensions or bound codes); the walk prunes their nodes in turn.
+        """
+        pruned = node.pruned
+        if pruned is None:
+            pruned = node.pruned = self._prune(node)
+        return pruned
+
+    @staticmethod
+    def _prune(node: Node) -> Node:
+        base_definition = not node.label
+        children = {}
+        for key, child in node.children.items():
+            if (child.kind in (PRIMITIVE, RESOURCE) and _plain_child(child)
+                    and (base_definition or (child.binding is None and child.targets is None))):
+                repeated = copy.copy(child)
+                repeated.kind = REPEATED
+                child = repeated
+            children[key] = child
+        pruned = copy.copy(node)
+        pruned.children = children
+        if base_definition:
+            pruned.required, pruned.minimums = [], []
+        pruned.pruned = pruned
+        return pruned
+
+    @staticmethod
+    def _nothing_reachable(start: Node) -> bool:
+        """No profile-only rule on ``start`` or any node reachable from it (see :meth:`inert`)."""
+        stack, seen = [start], {id(start)}
+        while stack:
+            node = stack.pop()
+            if node.inert is not None and node is not start:
+                if node.inert:
+                    continue  # its whole reach is known to be plain
+                return False
+            if node.label or node.invariants or node.check is not None or node.slice_minimums or node.url:
+                return False
+            for child in node.children.values():
+                if child.lookup_extension:
+                    if child.key not in EXTENSION_KEYS:
+                        return False
+                    continue  # extension instances: looked for in the data by the walk
+                if not _plain_child(child):
+                    return False
+                below = child.node
+                if below is not None and id(below) not in seen:
+                    seen.add(id(below))
+                    stack.append(below)
+        return True
 
     def _extension_value_keys(self, node: Node, sd: dict) -> frozenset[str]:
         if sd.get("derivation") != "constraint":
@@ -557,14 +676,18 @@ class StructureValidator:
                  extensions: Callable[[str], Node | None] | None = None,
                  unknown_extension: str | None = None, nested: bool = True,
                  conforms: Callable[[str, Any], bool] | None = None,
-                 strings: Callable[[str, str, str, list], None] | None = None, contained: bool = True) -> None:
+                 strings: Callable[[str, str, str, list], None] | None = None, contained: bool = True,
+                 skip_inert: bool = False, skip_absent: bool = True) -> None:
         """The legacy form ``StructureValidator(definitions)`` compiles every resource of ``definitions``.
 
         The profile engine passes its own ``compiler``, a ``structures`` look-up (resource
         type -> definition, compiled lazily), ``extensions`` (url -> node of a known
         extension definition), ``unknown_extension`` (severity of an extension nobody
         defines here; None says nothing), ``nested`` (whether contained and bundled
-        resources are walked) and ``conforms`` (profile discriminators).
+        resources are walked) and ``conforms`` (profile discriminators). ``skip_inert``: a profile
+        walk whose issues are only kept when the base walk did not find them; it leaves out
+        what can only repeat the base walk (:meth:`_Compiler.inert`). ``skip_absent``: invariants
+        that hold for want of the elements they look at are not evaluated (:func:`absent_keys`).
         """
         if compiler is None:
             self._engine = InvariantEngine()
@@ -596,6 +719,13 @@ class StructureValidator:
         self._opaque: Node | None = None
         self._strings = strings  # option checks of string values (checks.string_checks)
         self._contained = contained  # validate contained resources
+        self._skip_inert = skip_inert
+        self._skip_absent = skip_absent
+        self._full = self
+        if skip_inert:  # slice membership ("fits") needs every error, repeated or not: a twin that walks all
+            self._full = copy.copy(self)
+            self._full._skip_inert = False
+            self._full._full = self._full
 
     @property
     def skipped_invariants(self) -> dict[str, str]:
@@ -642,7 +772,7 @@ class StructureValidator:
     def fits(self, child: Child, value: Any) -> bool:
         """Does ``value`` validate against ``child`` without errors (invariants aside)? For slicing."""
         issues: list[Issue] = []
-        self._value(child, value, "", issues, None, {}, {})
+        self._full._value(child, value, "", issues, None, {}, {})
         return not any(i.severity in ("error", "fatal") for i in issues)
 
     def conforms(self, url: str, value: Any) -> bool:
@@ -652,6 +782,8 @@ class StructureValidator:
     def walk(self, node: Node, resource: dict, path: str, issues: list[Issue]) -> None:
         """Validate ``resource`` against the resource ``node`` (a base type or a profile)."""
         jobs: list[tuple] | None = [] if self._run_invariants else None
+        if self._skip_inert:
+            node = node.pruned or self._compiler.pruned(node)
         self._resource(node, resource, path, issues, jobs, resource)
         if jobs:
             self._invariants(jobs, issues)
@@ -882,7 +1014,10 @@ class StructureValidator:
             node = child.node
             if child.lookup_extension and self._extensions is not None:
                 node = self._extension(child, node, value, path, issues)
-            self._object(node, value, path, issues, jobs, resource, root)
+            if not self._skip_inert:
+                self._object(node, value, path, issues, jobs, resource, root)
+            elif not ((node.inert or (node.inert is None and self._compiler.inert(node))) and _bare(value)):
+                self._object(node.pruned or self._compiler.pruned(node), value, path, issues, jobs, resource, root)
             if node.check is not None:
                 node.check(value, path, issues)
             if child.binding is not None:
@@ -904,7 +1039,7 @@ class StructureValidator:
                     jobs.append((node.invariants, value, node, node.type_path, path, resource, root))
                 if child.invariants:
                     jobs.append((child.invariants, value, node, child.type_path, path, resource, root))
-        else:
+        elif kind == RESOURCE:
             self._nested_resource(child, value, path, issues, jobs, root)
 
     def _extension(self, child: Child, node: Node, value: dict, path: str, issues: list) -> Node:
@@ -1024,11 +1159,25 @@ class StructureValidator:
     # -- invariants ---------------------------------------------------------------------------
 
     def _invariants(self, jobs: list[tuple], issues: list[Issue]) -> None:
+        """Evaluate the invariants collected by the walk; those that hold for want of their elements are skipped."""
         holds = self._engine.holds
         well_formed = not any(i.severity == "error" for i in issues)
         for invariants, data, node, type_path, path, resource, root in jobs:
-            members, temporal = (node.members, node.temporal) if node is not None else ({}, None)
+            if node is None:
+                members, temporal, absent = {}, None, None
+            elif not self._skip_absent:
+                members, temporal, absent = node.members, node.temporal, None
+            else:
+                members, temporal, absent = node.members, node.temporal, node.absent
+                if absent is None:
+                    absent = node.absent = {}
             for invariant in invariants:
+                if absent is not None:
+                    keys = absent.get(id(invariant), NOTHING)
+                    if keys is NOTHING:  # computed once per node and invariant (compiled ones live forever)
+                        keys = absent[id(invariant)] = absent_keys(invariant, members)
+                    if keys is not None and keys.isdisjoint(data):
+                        continue  # the pre-check would answer "holds" without reading anything else
                 if not holds(invariant, data, members, type_path, resource, root, temporal, well_formed):
                     issues.append(Issue("error", "invariant", f"{invariant.key}: {invariant.human}", path))
 

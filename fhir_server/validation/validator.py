@@ -43,6 +43,9 @@ class ValidationOptions:
     example_urls: bool = True  # False: URLs on example.org, acme.com... are errors (the HL7 validator's "examples")
     security_checks: bool = False  # True: HTML-looking text in strings is an error
     contained: bool = True  # False: contained resources are not validated
+    # False: no shortcut (every node walked again by the profile walks, every invariant evaluated): the same
+    # issues, slower; the reference the tests compare the shortcuts with
+    shortcuts: bool = True
 
 
 @dataclass
@@ -81,11 +84,12 @@ class Validator:
             compiler=self.base_compiler, invariants=options.invariants, resource_types=registry.resource_types,
             structures=registry.resource_definition, extensions=self._base_extension,
             unknown_extension=options.unknown_extension, conforms=self.conforms, strings=strings,
-            contained=options.contained)
+            contained=options.contained, skip_absent=options.shortcuts)
         self.walker = StructureValidator(
             compiler=self.profile_compiler, invariants=options.invariants, resource_types=registry.resource_types,
             structures=registry.resource_definition, extensions=self._profile_extension,
-            unknown_extension=options.unknown_extension, nested=False, conforms=self.conforms)
+            unknown_extension=options.unknown_extension, nested=False, conforms=self.conforms,
+            skip_inert=options.shortcuts, skip_absent=options.shortcuts)
 
     # -- what StructureValidator offers -----------------------------------------------------
 

@@ -478,7 +478,11 @@ def test_base_invariants_run_once(validator, monkeypatch):
         seen.append(invariant.key)
         return original(self, invariant, *args, **kwargs)
     monkeypatch.setattr(InvariantEngine, "holds", spy)
-    check(validator, patient(), PATIENT)
+    # with a contained resource, so that dom-2 (contained.contained.empty()) has something to look at: on a
+    # resource without one it holds for want of its element and is not evaluated at all
+    resource = patient(contained=[{"resourceType": "Practitioner", "id": "gp"}],
+                       generalPractitioner=[{"reference": "#gp"}])
+    assert errors(check(validator, resource, PATIENT)) == []
     assert seen.count("dom-2") == 1 and seen.count("tp-1") == 1
 
 
