@@ -15,6 +15,7 @@ from flask import Response, current_app, g, request
 
 from fhir_server.access.gate import Principal
 from fhir_server.audit.model import AuditRecord
+from fhir_server.http.urls import fhir_base
 from fhir_server.model import jsonio
 
 
@@ -122,9 +123,4 @@ def auth_record(kind: str, response: Response) -> AuditRecord | None:
             text = (_error(response) or ("token revoked" if kind == "revoke" and status == 200 else None))
     start = g.get("audit_t0") or time.time()
     return AuditRecord("auth", kind, "E", start, time.time(), status, principal, [], patients,
-                       outcome_text=text, address=request.remote_addr, server=_server_root())
-
-
-def _server_root() -> str:
-    configured = current_app.extensions["fhir"].settings.base_url
-    return configured.rstrip("/") if configured else request.host_url.rstrip("/") + "/fhir"
+                       outcome_text=text, address=request.remote_addr, server=fhir_base())

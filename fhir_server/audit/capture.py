@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from flask import Response, current_app, g, request
 
 from fhir_server.audit.model import INTERACTIONS, AuditRecord, Item
+from fhir_server.http.urls import fhir_base
 from fhir_server.model import jsonio
 
 log = logging.getLogger("fhir_server.audit")
@@ -135,7 +136,7 @@ def bundle_entries(request_bundle: Any, response_bundle: dict) -> None:
     g.audit_done = True
     start, end = g.get("audit_t0") or time.time(), time.time()
     principal = g.get("principal")
-    server = _server()
+    server = fhir_base()
     address = request.remote_addr
     requested = (request_bundle.get("entry") if isinstance(request_bundle, dict) else None) or []
     for index, answer in enumerate(response_bundle.get("entry") or ()):
@@ -240,11 +241,6 @@ def before_request() -> None:
     g.audit_on = auditor is not None and auditor.enabled
 
 
-def _server() -> str:
-    configured = current_app.extensions["fhir"].settings.base_url
-    return configured.rstrip("/") if configured else request.host_url.rstrip("/") + "/fhir"
-
-
 def after_request(response: Response) -> Response:
     """Trace the request just answered (never fails the response)."""
     try:
@@ -330,4 +326,4 @@ def rest_record(response: Response) -> AuditRecord:
     return AuditRecord("rest", subtype, action, g.get("audit_t0") or time.time(), time.time(), status,
                        g.get("principal"), list(items), patients, query=query, operation=operation,
                        outcome_text=outcome, address=request.remote_addr, request_body=request_body,
-                       server=_server())
+                       server=fhir_base())

@@ -9,6 +9,7 @@ from werkzeug.routing import BaseConverter
 from fhir_server.audit import capture as audit_capture
 from fhir_server.http.negotiation import response_type
 from fhir_server.http.rendering import version_headers
+from fhir_server.http.urls import fhir_base
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import Issue, operation_outcome
 from fhir_server.store.base import StoredResource
@@ -31,8 +32,7 @@ def fhir() -> Any:
 
 
 def base_url() -> str:
-    configured = fhir().settings.base_url
-    return configured.rstrip("/") if configured else request.host_url.rstrip("/") + "/fhir"
+    return fhir_base()
 
 
 def before_request() -> None:
