@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from fhir_server.search.entries import IndexEntries
 
@@ -67,6 +67,15 @@ class Transaction(abc.ABC):
         ``expected_version`` is the version this change was based on (``None``: the id
         must not exist yet). ``index`` is None for a deletion marker.
         """
+
+    def put_many(self, items: Iterable[tuple[StoredResource, IndexEntries | None, int | None]]) -> None:
+        """:meth:`put` of each ``(resource, index, expected_version)``, in order, possibly in bulk.
+
+        Same checks and errors as that loop: when an item is refused (:class:`AlreadyExists`,
+        :class:`VersionConflict`) the error propagates and the transaction must not be committed
+        (the items before it may have been written in it; rolling it back removes them all)."""
+        for resource, index, expected_version in items:
+            self.put(resource, index, expected_version=expected_version)
 
     @abc.abstractmethod
     def search(self, query: Any) -> list[tuple[str, str]]:

@@ -37,13 +37,13 @@ import logging
 import secrets
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 from urllib.parse import urlparse
 
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 from fhir_server.search.entries import IndexEntries
 from fhir_server.store.base import (AlreadyExists, HistoryPage, PageExpired, SearchPage, Store, StoredResource,
@@ -60,6 +60,7 @@ LOCK_TTL = 60  # seconds a conditional-create key is held at most (a crashed hol
 INDEX_FIELDS = ("tok", "str", "dt", "num", "qty", "ref", "uri", "cmp")
 RESOURCE_PROJECTION = {"type": 1, "id": 1, "version": 1, "last_updated": 1, "deleted": 1, "method": 1, "body": 1}
 WRITE_CONFLICT = 112
+DUPLICATE_KEY = (11000, 11001)
 
 RESOURCE_INDEXES: list[tuple[list[tuple[str, int]], dict]] = [
     ([("type", ASCENDING), ("id", ASCENDING)], {"unique": True}),
@@ -176,9 +177,9 @@ class MongoTransaction(Transaction):
                 raise VersionConflict(f"{resource.type}/{resource.id} is being changed concurrently") from exc
             raise
 
-    def _put(self, resource: StoredResource, index: IndexEntries | None, expected_version: int | None) -> None:
-        store, kw = self.store, self._kw
-        key = f"{resource.type}/{resource.id}"
+    @staticmethod
+    def _documents(resource: StoredResource, index: IndexEntries | None) -> tuple[str, dict, dict]:
+        """(``_id`` in resources, the fields of its resources document, its versions document)."""
         lu = _lu(resource.last_updated)
         deleted = bool(resource.deleted)
         fields = {"type": resource.type, "id": resource.id, "version": resource.version, "lu": lu,
@@ -190,6 +191,65 @@ class MongoTransaction(Transaction):
         version_doc = {"_id": ObjectId(), "type": resource.type, "id": resource.id, "version": resource.version,
                        "lu": lu, "deleted": deleted, "method": resource.method, "body": resource.body,
                        "last_updated": resource.last_updated}
+        return f"{resource.type}/{resource.id}", fields, version_doc
+
+    def put_many(self, items: Iterable[tuple[StoredResource, IndexEntries | None, int | None]]) -> None:
+        """Runs of creates are inserted with one ``insert_many`` per collection (ordered: the first duplicate
+        stops it, as the loop of ``put`` would); updates are compare-and-set one by one."""
+        items = list(items)
+        start = 0
+        while start < len(items):
+            end = start
+            while end < len(items) and items[end][2] is None:
+                end += 1
+            if end - start < 2:
+                resource, index, expected_version = items[start]
+                self.put(resource, index, expected_version=expected_version)
+                start += 1
+                continue
+            try:
+                with self.store._atomic():
+                    self._create_many(items[start:end])
+            except OperationFailure as exc:
+                if exc.code == WRITE_CONFLICT or exc.has_error_label("TransientTransactionError"):
+                    raise VersionConflict("a resource of this transaction is being changed concurrently") from exc
+                raise
+            start = end
+
+    def _create_many(self, items: list[tuple[StoredResource, IndexEntries | None, int | None]]) -> None:
+        store = self.store
+        docs, version_docs = [], []
+        for resource, index, _ in items:
+            key, fields, version_doc = self._documents(resource, index)
+            docs.append({"_id": key, "seq": ObjectId(), **fields})
+            version_docs.append(version_doc)
+        inserted, duplicate = self._insert_many(store.resources, docs)
+        self.undo.extend(("inserted", doc["_id"], doc["version"]) for doc in docs[:inserted])
+        if duplicate is not None and self.session is not None:
+            raise AlreadyExists(f"{docs[inserted]['_id']} already exists") from duplicate  # the server aborts it
+        if inserted:  # without a session: the items before a refused one are written whole, as by put
+            done, clash = self._insert_many(store.versions, version_docs[:inserted])
+            self.undo.extend(("version", doc["_id"]) for doc in version_docs[:done])
+            if clash is not None:
+                doc = version_docs[done]
+                raise VersionConflict(f"{doc['type']}/{doc['id']} version {doc['version']} already exists") from None
+        if duplicate is not None:
+            raise AlreadyExists(f"{docs[inserted]['_id']} already exists") from None
+
+    def _insert_many(self, collection: Any, docs: list[dict]) -> tuple[int, BulkWriteError | None]:
+        """Insert ``docs`` in order: (how many were inserted, the error when a duplicate key stopped it)."""
+        try:
+            collection.insert_many(docs, ordered=True, **self._kw)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if len(errors) != 1 or errors[0].get("code") not in DUPLICATE_KEY:
+                raise
+            return errors[0]["index"], exc
+        return len(docs), None
+
+    def _put(self, resource: StoredResource, index: IndexEntries | None, expected_version: int | None) -> None:
+        store, kw = self.store, self._kw
+        key, fields, version_doc = self._documents(resource, index)
         if expected_version is None:
             try:
                 store.resources.insert_one({"_id": key, "seq": ObjectId(), **fields}, **kw)

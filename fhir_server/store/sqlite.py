@@ -19,11 +19,14 @@ for several writes, a failing action rolled back alone); a writer is answered on
 after the COMMIT covering its write returned. Writer processes take an exclusive
 ``flock`` on ``<db>.write-lock`` around their write transactions, so a process
 waiting for another's commit is woken by the kernel when it ends instead of polling
-in SQLite's busy handler (sleeps of 1, 2, 5, 10... ms).
+in SQLite's busy handler (sleeps of 1, 2, 5, 10... ms). Inside a transaction the writes are
+buffered and made in bulk, one ``executemany`` per table, before anything reads on the connection
+and before the commit (:class:`SQLiteTransaction`): a bulk load's chunk pays each statement once.
 """
 from __future__ import annotations
 
 import contextvars
+import datetime
 import fcntl
 import os
 import secrets
@@ -111,49 +114,170 @@ def _row_to_resource(row: sqlite3.Row | tuple) -> StoredResource:
     return StoredResource(rtype, rid, version, last_updated, bool(deleted), body, method)
 
 
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+
+
 def _lu(last_updated: str) -> int:
+    """The microseconds since the epoch of a version's ``lastUpdated`` (the low end of its range)."""
+    # fast path for what the services write, "YYYY-MM-DDThh:mm:ss.ffffffZ": exactly parse_range's low end
+    if len(last_updated) == 27 and last_updated[10] == "T" and last_updated[26] == "Z" and last_updated[19] == ".":
+        try:
+            when = datetime.datetime.fromisoformat(last_updated[:26])
+        except ValueError:
+            pass  # e.g. a leap second: parse_range knows
+        else:
+            if when.year > 0 and last_updated[:26].isascii() and last_updated[20:26].isdigit():
+                return (((when.toordinal() - _EPOCH_ORDINAL) * 86400 + when.hour * 3600 + when.minute * 60
+                         + when.second) * 1_000_000 + when.microsecond)
     from fhir_server.model.dates import parse_range
     return parse_range(last_updated)[0]
 
 
+# the index rows of one resource: (table, its rows) for each table it has entries in
+def _index_rows(rpk: int, rtype: str, index: IndexEntries) -> Iterator[tuple[str, list[tuple]]]:
+    if index.tokens:
+        yield "idx_token", [(rpk, rtype, e.param, e.system, e.code, e.text) for e in index.tokens]
+    if index.strings:
+        yield "idx_string", [(rpk, rtype, e.param, e.normalized, e.exact) for e in index.strings]
+    if index.dates:
+        yield "idx_date", [(rpk, rtype, e.param, e.low, e.high) for e in index.dates]
+    if index.numbers:
+        yield "idx_number", [(rpk, rtype, e.param, e.low, e.high) for e in index.numbers]
+    if index.quantities:
+        yield "idx_quantity", [(rpk, rtype, e.param, e.low, e.high, e.system, e.code, e.canonical_code,
+                                e.canonical_low, e.canonical_high) for e in index.quantities]
+    if index.references:
+        yield "idx_reference", [(rpk, rtype, e.param, e.target_type, e.target_id, e.url, e.version)
+                                for e in index.references]
+    if index.uris:
+        yield "idx_uri", [(rpk, rtype, e.param, e.uri) for e in index.uris]
+    if index.composites:
+        yield "idx_composite", [(rpk, rtype, *composite_row(e)) for e in index.composites]
+
+
+INSERT_INDEX = {"idx_token": "INSERT INTO idx_token VALUES (?,?,?,?,?,?)",
+                "idx_string": "INSERT INTO idx_string VALUES (?,?,?,?,?)",
+                "idx_date": "INSERT INTO idx_date VALUES (?,?,?,?,?)",
+                "idx_number": "INSERT INTO idx_number VALUES (?,?,?,?,?)",
+                "idx_quantity": "INSERT INTO idx_quantity VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "idx_reference": "INSERT INTO idx_reference VALUES (?,?,?,?,?,?,?)",
+                "idx_uri": "INSERT INTO idx_uri VALUES (?,?,?,?)",
+                "idx_composite": "INSERT INTO idx_composite VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"}
+DELETE_INDEX = {table: f"DELETE FROM {table} WHERE rpk=?" for table in INDEX_TABLES}
+_CURRENT_WITH_RPK = ("SELECT r.rpk, v.type, v.id, v.version, v.last_updated, v.deleted, v.method, v.body"
+                     " FROM resources r JOIN versions v ON v.vrow = r.vrow WHERE r.type=? AND r.id=?")
+
+
 class SQLiteTransaction(Transaction):
+    """Writes are buffered and written in bulk (one ``executemany`` per table) when the transaction, or the
+    group-commit action, ends, and before anything reads the store on this connection (``search`` here, any
+    read of the store from this thread): a chunk of a bulk load pays each statement once, not once per
+    resource. The checks stay where they were: :meth:`put` raises :class:`AlreadyExists` or
+    :class:`VersionConflict` itself, against the stored state plus this transaction's own writes.
+
+    Row ids (``vrow``, ``rpk``) are given explicitly, as SQLite would (the largest one plus one): the writer
+    holds the database's write lock, and nothing else writes on its connection while the transaction is open.
+    ``current`` keeps what it read or wrote (nothing else can change it before the transaction ends)."""
+
     def __init__(self, store: "SQLiteStore", conn: sqlite3.Connection):
         self.store = store
         self.conn = conn
+        self._known: dict[tuple[str, str], tuple[int | None, StoredResource | None]] = {}  # key -> (rpk, current)
+        self._versions: list[tuple] = []  # pending rows of versions
+        self._created: list[tuple] = []  # pending rows of resources
+        self._changed: list[tuple] = []  # pending updates of resources rows
+        self._dropped: list[tuple[int]] = []  # rpks whose index rows go (before the pending ones are inserted)
+        self._rows: dict[str, list[tuple]] = {}  # index table -> pending rows
+        self._indexed: set[int] = set()  # rpks with pending index rows
+        self._next_vrow = 0  # next row ids to give (0: read them first)
+        self._next_rpk = 0
 
     def current(self, rtype: str, rid: str) -> StoredResource | None:
-        return self.store._current(self.conn, rtype, rid)
+        known = self._known.get((rtype, rid))
+        if known is None:
+            known = self._read((rtype, rid))
+        return known[1]
+
+    def _read(self, key: tuple[str, str]) -> tuple[int | None, StoredResource | None]:
+        row = self.conn.execute(_CURRENT_WITH_RPK, key).fetchone()
+        known = (row[0], _row_to_resource(row[1:])) if row else (None, None)
+        self._known[key] = known
+        return known
 
     def put(self, resource: StoredResource, index: IndexEntries | None, *, expected_version: int | None) -> None:
-        conn = self.conn
-        row = conn.execute("SELECT rpk, version FROM resources WHERE type=? AND id=?",
-                           (resource.type, resource.id)).fetchone()
-        if expected_version is None and row is not None:
-            raise AlreadyExists(f"{resource.type}/{resource.id} already exists")
-        if expected_version is not None and (row is None or row[1] != expected_version):
-            raise VersionConflict(f"{resource.type}/{resource.id} is at version "
-                                  f"{row[1] if row else 'none'}, not {expected_version}")
-        lu = _lu(resource.last_updated)
-        cur = conn.execute(
-            "INSERT INTO versions (type, id, version, last_updated, lu, deleted, method, body)"
-            " VALUES (?,?,?,?,?,?,?,?)",
-            (resource.type, resource.id, resource.version, resource.last_updated, lu, int(resource.deleted),
-             resource.method, resource.body))
-        vrow = cur.lastrowid
-        if row is None:
-            rpk = conn.execute("INSERT INTO resources (type, id, version, lu, deleted, vrow) VALUES (?,?,?,?,?,?)",
-                               (resource.type, resource.id, resource.version, lu, int(resource.deleted),
-                                vrow)).lastrowid
+        key = (resource.type, resource.id)
+        known = self._known.get(key)
+        if known is None:
+            row = self.conn.execute("SELECT rpk, version FROM resources WHERE type=? AND id=?", key).fetchone()
+            rpk, version = row if row else (None, None)
         else:
-            rpk = row[0]
-            conn.execute("UPDATE resources SET version=?, lu=?, deleted=?, vrow=? WHERE rpk=?",
-                         (resource.version, lu, int(resource.deleted), vrow, rpk))
-            for table in INDEX_TABLES:
-                conn.execute(f"DELETE FROM {table} WHERE rpk=?", (rpk,))
+            rpk, version = known[0], known[1].version if known[1] is not None else None
+        if expected_version is None and rpk is not None:
+            raise AlreadyExists(f"{resource.type}/{resource.id} already exists")
+        if expected_version is not None and (rpk is None or version != expected_version):
+            raise VersionConflict(f"{resource.type}/{resource.id} is at version "
+                                  f"{version if rpk is not None else 'none'}, not {expected_version}")
+        if rpk is not None and rpk in self._indexed:  # written earlier in this transaction: its rows go first
+            self.flush()
+        if not self._next_vrow:
+            self._next_ids()
+        vrow = self._next_vrow
+        self._next_vrow += 1
+        lu = _lu(resource.last_updated)
+        deleted = int(resource.deleted)
+        self._versions.append((vrow, resource.type, resource.id, resource.version, resource.last_updated, lu, deleted,
+                               resource.method, resource.body))
+        if rpk is None:
+            rpk = self._next_rpk
+            self._next_rpk += 1
+            self._created.append((rpk, resource.type, resource.id, resource.version, lu, deleted, vrow))
+        else:
+            self._changed.append((resource.version, lu, deleted, vrow, rpk))
+            self._dropped.append((rpk,))
         if index is not None and not resource.deleted:
-            write_index(conn, rpk, resource.type, index)
+            rows = self._rows
+            for table, new in _index_rows(rpk, resource.type, index):
+                pending = rows.get(table)
+                if pending is None:
+                    rows[table] = new
+                else:
+                    pending += new
+            self._indexed.add(rpk)
+        self._known[key] = (rpk, resource)
+
+    def _next_ids(self) -> None:
+        conn = self.conn
+        self._next_vrow = (conn.execute("SELECT max(vrow) FROM versions").fetchone()[0] or 0) + 1
+        self._next_rpk = (conn.execute("SELECT max(rpk) FROM resources").fetchone()[0] or 0) + 1
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._versions)
+
+    def flush(self) -> None:
+        """Write what is buffered (the statements every ``put`` would have made, in bulk)."""
+        if not self._versions:
+            return
+        conn = self.conn
+        conn.executemany("INSERT INTO versions (vrow, type, id, version, last_updated, lu, deleted, method, body)"
+                         " VALUES (?,?,?,?,?,?,?,?,?)", self._versions)
+        if self._created:
+            conn.executemany("INSERT INTO resources (rpk, type, id, version, lu, deleted, vrow) VALUES (?,?,?,?,?,?,?)",
+                             self._created)
+        if self._changed:
+            conn.executemany("UPDATE resources SET version=?, lu=?, deleted=?, vrow=? WHERE rpk=?", self._changed)
+        if self._dropped:
+            for table in INDEX_TABLES:
+                conn.executemany(DELETE_INDEX[table], self._dropped)
+        for table, rows in self._rows.items():
+            conn.executemany(INSERT_INDEX[table], rows)
+        self._versions, self._created, self._changed, self._dropped = [], [], [], []
+        self._rows = {}
+        self._indexed = set()
+        self._next_vrow = self._next_rpk = 0
 
     def search(self, query: Any) -> list[tuple[str, str]]:
+        self.flush()
         sql, args = self.store.compiler.select_keys(query)
         return [(t, i) for t, i in self.conn.execute(sql, args)]
 
@@ -195,31 +319,8 @@ class _RolledBack(Exception):
 
 def write_index(conn: sqlite3.Connection, rpk: int, rtype: str, index: IndexEntries) -> None:
     """Insert one resource's index entries (its previous rows were removed by the caller)."""
-    if index.tokens:
-        conn.executemany("INSERT INTO idx_token VALUES (?,?,?,?,?,?)",
-                         [(rpk, rtype, e.param, e.system, e.code, e.text) for e in index.tokens])
-    if index.strings:
-        conn.executemany("INSERT INTO idx_string VALUES (?,?,?,?,?)",
-                         [(rpk, rtype, e.param, e.normalized, e.exact) for e in index.strings])
-    if index.dates:
-        conn.executemany("INSERT INTO idx_date VALUES (?,?,?,?,?)",
-                         [(rpk, rtype, e.param, e.low, e.high) for e in index.dates])
-    if index.numbers:
-        conn.executemany("INSERT INTO idx_number VALUES (?,?,?,?,?)",
-                         [(rpk, rtype, e.param, e.low, e.high) for e in index.numbers])
-    if index.quantities:
-        conn.executemany("INSERT INTO idx_quantity VALUES (?,?,?,?,?,?,?,?,?,?)",
-                         [(rpk, rtype, e.param, e.low, e.high, e.system, e.code, e.canonical_code,
-                           e.canonical_low, e.canonical_high) for e in index.quantities])
-    if index.references:
-        conn.executemany("INSERT INTO idx_reference VALUES (?,?,?,?,?,?,?)",
-                         [(rpk, rtype, e.param, e.target_type, e.target_id, e.url, e.version)
-                          for e in index.references])
-    if index.uris:
-        conn.executemany("INSERT INTO idx_uri VALUES (?,?,?,?)", [(rpk, rtype, e.param, e.uri) for e in index.uris])
-    if index.composites:
-        conn.executemany("INSERT INTO idx_composite VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                         [(rpk, rtype, *composite_row(e)) for e in index.composites])
+    for table, rows in _index_rows(rpk, rtype, index):
+        conn.executemany(INSERT_INDEX[table], rows)
 
 
 def composite_row(entry) -> tuple:
@@ -340,7 +441,28 @@ class SQLiteStore(Store):
     @contextmanager
     def transaction(self) -> Iterator[SQLiteTransaction]:
         with self._write() as conn:
-            yield SQLiteTransaction(self, conn)
+            tx = SQLiteTransaction(self, conn)
+            with self._open(tx):
+                yield tx
+                tx.flush()
+
+    @contextmanager
+    def _open(self, tx: SQLiteTransaction) -> Iterator[None]:
+        """``tx`` is this thread's open transaction while the block runs: reads of the store from this thread
+        write its buffered writes first (they see them, as they would on this connection without the buffer)."""
+        outer = getattr(self._local, "open", None)
+        self._local.open = tx
+        try:
+            yield
+        finally:
+            self._local.open = outer
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's connection, for a read: with the writes buffered by its open transaction written."""
+        tx = getattr(self._local, "open", None)
+        if tx is not None:
+            tx.flush()
+        return self._conn()
 
     # -- group commit ----------------------------------------------------------------------------
     def atomically(self, action: Callable[[SQLiteTransaction], T]) -> T:
@@ -406,7 +528,9 @@ class SQLiteStore(Store):
                     if savepoints:
                         conn.execute("SAVEPOINT action")
                     try:
-                        item.result = item.context.run(item.action, tx)
+                        with self._open(tx):
+                            item.result = item.context.run(item.action, tx)
+                            tx.flush()  # inside its savepoint
                     except BaseException as exc:  # this action's outcome: rolled back alone
                         item.error = exc
                         if savepoints:
@@ -432,7 +556,7 @@ class SQLiteStore(Store):
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every statement inside sees the same committed state."""
-        conn = self._conn()
+        conn = self._reader()
         conn.execute("BEGIN")
         try:
             yield conn
@@ -467,16 +591,16 @@ class SQLiteStore(Store):
         return _row_to_resource(row) if row else None
 
     def read(self, rtype: str, rid: str) -> StoredResource | None:
-        return self._current(self._conn(), rtype, rid)
+        return self._current(self._reader(), rtype, rid)
 
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
-        row = self._conn().execute(self._SELECT_VERSION + " WHERE v.type=? AND v.id=? AND v.version=?",
+        row = self._reader().execute(self._SELECT_VERSION + " WHERE v.type=? AND v.id=? AND v.version=?",
                                    (rtype, rid, version)).fetchone()
         return _row_to_resource(row) if row else None
 
     def read_many(self, keys: list[tuple[str, str]]) -> list[StoredResource]:
         out: list[StoredResource] = []
-        conn = self._conn()
+        conn = self._reader()
         by_type: dict[str, list[str]] = {}
         for rtype, rid in keys:
             by_type.setdefault(rtype, []).append(rid)
@@ -541,7 +665,7 @@ class SQLiteStore(Store):
         A sort key can change when a resource is updated, so keyset paging could skip or
         repeat it; the ordered match list is kept for SNAPSHOT_TTL seconds instead.
         """
-        conn = self._conn()
+        conn = self._reader()
         if cursor is None:
             sql, args = self.compiler.select_sorted_rpks(query)
             rpks = array("q", (r[0] for r in conn.execute(sql, args)))
@@ -579,16 +703,15 @@ class SQLiteStore(Store):
 
     def count(self, query: Any) -> int:
         sql, args = self.compiler.count(query)
-        return self._conn().execute(sql, args).fetchone()[0]
+        return self._reader().execute(sql, args).fetchone()[0]
 
     def iterate(self, rtype: str) -> Iterator[StoredResource]:
         last = 0
-        conn = self._conn()
         while True:
-            rows = conn.execute("SELECT r.rpk, v.type, v.id, v.version, v.last_updated, v.deleted, v.method, v.body"
-                                " FROM resources r JOIN versions v ON v.vrow = r.vrow"
-                                " WHERE r.type=? AND r.deleted=0 AND r.rpk>? ORDER BY r.rpk LIMIT 500",
-                                (rtype, last)).fetchall()
+            rows = self._reader().execute(
+                "SELECT r.rpk, v.type, v.id, v.version, v.last_updated, v.deleted, v.method, v.body"
+                " FROM resources r JOIN versions v ON v.vrow = r.vrow"
+                " WHERE r.type=? AND r.deleted=0 AND r.rpk>? ORDER BY r.rpk LIMIT 500", (rtype, last)).fetchall()
             if not rows:
                 return
             for r in rows:

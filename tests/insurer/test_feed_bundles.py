@@ -90,3 +90,12 @@ def test_the_patient_sees_their_own_history_and_not_another_one(feed):
     assert feed.get(f"/fhir/ExplanationOfBenefit/{b1}", feed.patient("pa")).status_code == 404
     everything = feed.get("/fhir/Patient/pa/$everything", feed.patient("pa")).get_json()
     assert identifiers(everything) == ["a1", "a2"]
+
+
+def test_a_patient_created_earlier_in_the_same_transaction_counts(feed):
+    patient = dict(PATIENTS[0], id="pc")
+    body = bundle([care_item("c1", "pc"), care_item("c2", "pc")], "transaction")
+    body["entry"].insert(0, {"resource": patient, "request": {"method": "PUT", "url": "Patient/pc"}})
+    response = feed.post("/fhir", body, feed.admin)
+    assert statuses(response) == ["201 Created"] * 3
+    assert identifiers(feed.get("/fhir/ExplanationOfBenefit?patient=pc", feed.admin).get_json()) == ["c1", "c2"]

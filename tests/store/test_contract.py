@@ -171,3 +171,159 @@ def test_concurrent_compare_and_set_never_loses_a_write(store):
     assert len(wins) == 8
     assert store.read("Patient", "hot").version == 9
     assert [v.version for v in store.history("Patient", "hot", count=20).entries] == list(range(9, 0, -1))
+
+
+# -- several writes in one transaction (bulk loads: put_many, or puts buffered until the transaction ends) ----
+GENDER = {code: Clause("gender", "token", None, (TokenValue(None, code, False),)) for code in ("x", "f", "m", "u")}
+
+
+def _keys(rows):
+    return sorted(i for _, i in rows)
+
+
+def test_put_many_writes_every_item_with_its_index(store):
+    with store.transaction() as tx:
+        tx.put_many([(version(f"p{i}", 1), entries("f" if i % 2 else "m"), None) for i in range(6)])
+    assert [store.read("Patient", f"p{i}").version for i in range(6)] == [1] * 6
+    assert _search(store, GENDER["f"]) == ["p1", "p3", "p5"]
+    assert store.count(Query(("Patient",), [GENDER["m"]])) == 3
+
+
+def test_put_many_mixes_creates_updates_and_deletions_in_order(store):
+    put(store, version("a", 1), entries("f"))
+    put(store, version("b", 1), entries("f"))
+    with store.transaction() as tx:
+        tx.put_many([(version("c", 1), entries("m"), None), (version("a", 2), entries("m"), 1),
+                     (version("d", 1), entries("f"), None), (version("b", 2, deleted=True), None, 1),
+                     (version("c", 2), entries("u"), 1)])
+    assert [store.read("Patient", r).version for r in "abcd"] == [2, 2, 2, 1]
+    assert store.read("Patient", "b").deleted
+    assert _search(store, GENDER["f"]) == ["d"] and _search(store, GENDER["m"]) == ["a"]
+    assert _search(store, GENDER["u"]) == ["c"]
+    assert [v.version for v in store.history("Patient", "c", count=5).entries] == [2, 1]
+
+
+def test_a_refused_item_of_put_many_rolls_the_whole_transaction_back(store):
+    put(store, version("taken", 1), entries("f"))
+    with pytest.raises(AlreadyExists):
+        with store.transaction() as tx:
+            tx.put(version("before", 1), entries("m"), expected_version=None)
+            tx.put_many([(version("n1", 1), entries("m"), None), (version("n2", 1), entries("m"), None),
+                         (version("taken", 1), entries("m"), None), (version("n3", 1), entries("m"), None)])
+    for rid in ("before", "n1", "n2", "n3"):
+        assert store.read("Patient", rid) is None
+    assert store.read("Patient", "taken").version == 1
+    assert _search(store, GENDER["m"]) == [] and _search(store, GENDER["f"]) == ["taken"]
+    assert store.history("Patient", count=10).total == 1
+
+
+def test_put_many_detects_version_conflicts(store):
+    put(store, version("a", 1))
+    put(store, version("a", 2), expected=1)
+    with pytest.raises(VersionConflict):
+        with store.transaction() as tx:
+            tx.put_many([(version("new", 1), entries(), None), (version("a", 2), entries(), 1)])
+    assert store.read("Patient", "new") is None and store.read("Patient", "a").version == 2
+    with pytest.raises(AlreadyExists):  # two creates of one id in one call
+        with store.transaction() as tx:
+            tx.put_many([(version("twice", 1), entries(), None), (version("twice", 1), entries(), None)])
+    assert store.read("Patient", "twice") is None
+
+
+def test_a_transaction_sees_its_own_writes_and_checks_against_them(store):
+    put(store, version("old", 1), entries("f"))
+    with store.transaction() as tx:
+        tx.put(version("a", 1), entries("f"), expected_version=None)
+        assert tx.current("Patient", "a") == version("a", 1)
+        with pytest.raises(AlreadyExists):
+            tx.put(version("a", 1), entries("f"), expected_version=None)
+        tx.put(version("a", 2), entries("m"), expected_version=1)
+        with pytest.raises(VersionConflict):
+            tx.put(version("a", 2), entries("m"), expected_version=1)
+        assert tx.current("Patient", "a").version == 2
+        tx.put(version("old", 2, deleted=True), None, expected_version=1)
+        assert tx.current("Patient", "old").deleted
+        tx.put(version("old", 3), entries("u"), expected_version=2)
+        assert tx.current("Patient", "missing") is None
+    assert store.read("Patient", "a").version == 2 and store.read("Patient", "old").version == 3
+    assert [v.version for v in store.history("Patient", "old", count=5).entries] == [3, 2, 1]
+
+
+def test_index_entries_are_searchable_inside_the_transaction_and_after(store):
+    put(store, version("kept", 1), entries("f"))
+    female = Query(("Patient",), [GENDER["f"]])
+    male = Query(("Patient",), [GENDER["m"]])
+    with store.transaction() as tx:
+        tx.put_many([(version(f"n{i}", 1), entries("f"), None) for i in range(3)])
+        assert _keys(tx.search(female)) == ["kept", "n0", "n1", "n2"]
+        tx.put(version("n1", 2), entries("m"), expected_version=1)  # its rows are replaced, in the transaction
+        tx.put(version("kept", 2), entries("m"), expected_version=1)
+        tx.put(version("n3", 1), entries("f"), expected_version=None)
+        assert _keys(tx.search(female)) == ["n0", "n2", "n3"]
+        assert _keys(tx.search(male)) == ["kept", "n1"]
+        tx.put(version("n3", 2), entries("m"), expected_version=1)  # created and changed before any read
+        tx.put(version("n0", 2, deleted=True), None, expected_version=1)
+    assert _search(store, GENDER["f"]) == ["n2"]
+    assert _search(store, GENDER["m"]) == ["kept", "n1", "n3"]
+    assert store.count(female) == 1 and store.read("Patient", "n0").deleted
+
+
+def test_a_failed_transaction_leaves_none_of_its_writes_nor_their_index(store):
+    put(store, version("keep", 1), entries("f"))
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.put_many([(version(f"n{i}", 1), entries("m"), None) for i in range(5)])
+            tx.put(version("keep", 2), entries("m"), expected_version=1)
+            assert len(tx.search(Query(("Patient",), [GENDER["m"]]))) == 6
+            tx.put(version("later", 1), entries("m"), expected_version=None)
+            raise RuntimeError("entry 57 failed")
+    assert _search(store, GENDER["m"]) == [] and _search(store, GENDER["f"]) == ["keep"]
+    assert store.read("Patient", "later") is None and store.read("Patient", "keep").version == 1
+    assert store.history("Patient", count=10).total == 1
+    put(store, version("after", 1), entries("m"))  # the store goes on as before
+    assert _search(store, GENDER["m"]) == ["after"]
+
+
+def test_history_keeps_the_write_order_of_a_bulk_transaction(store):
+    with store.transaction() as tx:
+        tx.put_many([(version(f"h{i}", 1), entries(), None) for i in range(4)])
+        tx.put(version("h1", 2), entries(), expected_version=1)
+    assert [(v.id, v.version) for v in store.history("Patient", count=10).entries] == [
+        ("h1", 2), ("h3", 1), ("h2", 1), ("h1", 1), ("h0", 1)]
+    with store.transaction() as tx:  # and the order of creation is the stable order of searches
+        tx.put_many([(version(f"h{i}", 1), entries(), None) for i in range(4, 8)])
+    page = store.search(Query(("Patient",), [GENDER["x"]]), count=5)
+    more = store.search(Query(("Patient",), [GENDER["x"]]), count=5, cursor=page.next_cursor)
+    assert [r.id for r in page.resources + more.resources] == [f"h{i}" for i in range(8)]
+
+
+def test_group_committed_actions_each_keep_or_lose_their_bulk_writes(store):
+    def bulk(prefix: str, fail: bool = False):
+        def action(tx):
+            tx.put_many([(version(f"{prefix}{i}", 1), entries(prefix), None) for i in range(3)])
+            assert len(tx.search(Query(("Patient",), [Clause("gender", "token", None,
+                                                              (TokenValue(None, prefix, False),))]))) == 3
+            tx.put(version(f"{prefix}-last", 1), entries(prefix), expected_version=None)
+            if fail:
+                raise ValueError(prefix)
+            return prefix
+        return action
+    results: list = []
+    barrier = threading.Barrier(3)
+
+    def run(prefix: str, fail: bool) -> None:
+        barrier.wait()
+        try:
+            results.append(store.atomically(bulk(prefix, fail)))
+        except ValueError as exc:
+            results.append(f"failed {exc}")
+    threads = [threading.Thread(target=run, args=args) for args in (("a", False), ("b", True), ("c", False))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results) == ["a", "c", "failed b"]
+    for prefix, count in (("a", 4), ("b", 0), ("c", 4)):
+        query = Query(("Patient",), [Clause("gender", "token", None, (TokenValue(None, prefix, False),))])
+        assert store.count(query) == count
+        assert (store.read("Patient", f"{prefix}-last") is not None) == bool(count)
