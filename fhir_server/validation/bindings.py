@@ -198,7 +198,7 @@ def _filtered(cs: dict, filters: list[dict]) -> set[str] | None:
 class Binding:
     """One binding (value set + strength), ready to check code, Coding and CodeableConcept values."""
 
-    __slots__ = ("url", "strength", "expansion", "severity", "report", "_listing")
+    __slots__ = ("url", "strength", "expansion", "severity", "report", "_listing", "_open_reason")
 
     def __init__(self, expansion: Expansion, strength: str, report: bool) -> None:
         self.url = expansion.url
@@ -209,6 +209,7 @@ class Binding:
         listed = sorted(expansion.codes)[:MAX_LISTED_CODES]
         more = len(expansion.codes) - len(listed)
         self._listing = ", ".join(listed) + (f" and {more} more" if more > 0 else "")
+        self._open_reason = "; ".join(sorted(set(expansion.open_systems.values())))  # why codes are not checked
 
     def _vs(self) -> str:
         return f"the {self.strength} value set {self.url}"
@@ -269,7 +270,7 @@ class Binding:
         if code in expansion.codes:
             return
         if expansion.open_systems:
-            self._unchecked(f"code '{code}'", "; ".join(sorted(set(expansion.open_systems.values()))), path, issues)
+            self._unchecked(f"code '{code}'", self._open_reason, path, issues)
             return
         issues.append(Issue(self.severity, "code-invalid", self._not_in(f"code '{code}'"), path))
 

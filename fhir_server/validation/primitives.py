@@ -34,6 +34,10 @@ DATE_TYPES = frozenset({"date", "dateTime", "instant"})
 # A (code, message) pair describes one problem; None means the value is fine.
 Problem = tuple[str, str] | None
 
+# Verdicts on string values remembered per primitive type (codes, systems, dates recur from one
+# resource to the next): at most this many, then the memory starts again.
+MEMO_SIZE = 4096
+
 
 def _json_kind(value: Any) -> str:
     if value is True or value is False:
@@ -81,7 +85,7 @@ _ZONELESS_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9
 class Primitive:
     """How to check one primitive type's JSON value."""
 
-    __slots__ = ("name", "kind", "pattern", "check")
+    __slots__ = ("name", "kind", "pattern", "check", "_memo")
 
     def __init__(self, name: str, regex: str | None) -> None:
         self.name = name
@@ -96,7 +100,9 @@ class Primitive:
         regex = regex or FALLBACK_REGEX.get(name)
         # ASCII: the definitions use Java/XML Schema classes, where \s is ASCII whitespace only
         self.pattern = re.compile(regex, re.ASCII) if regex else None
-        self.check: Callable[[Any], Problem] = getattr(self, "_check_" + self.kind)
+        self._memo: dict[str, Problem] = {}
+        self.check: Callable[[Any], Problem] = (self._check_string_memo if self.kind == "string"
+                                                else getattr(self, "_check_" + self.kind))
 
     def _check_boolean(self, value: Any) -> Problem:
         if value is True or value is False:
@@ -125,6 +131,21 @@ class Primitive:
                 return None
             return "value", f"{value} is not a valid decimal"
         return "structure", f"a decimal must be a JSON number, not {_json_kind(value)}"
+
+    def _check_string_memo(self, value: Any) -> Problem:
+        """:meth:`_check_string`, remembered: a pure function of the value (regexes, calendars are not cheap)."""
+        if type(value) is not str:
+            return self._check_string(value)
+        memo = self._memo
+        try:
+            return memo[value]
+        except KeyError:
+            pass
+        problem = self._check_string(value)
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[value] = problem
+        return problem
 
     def _check_string(self, value: Any) -> Problem:
         if type(value) is not str:

@@ -70,7 +70,7 @@ class Node:
 
     __slots__ = ("type_path", "children", "required", "members", "invariants", "is_resource",
                  "extension_value_keys", "temporal", "minimums", "slice_minimums", "url", "label", "check",
-                 "contexts", "inert", "pruned", "absent")
+                 "contexts", "inert", "pruned", "absent", "relevant")
 
     def __init__(self, type_path: str, is_resource: bool = False) -> None:
         self.type_path = type_path  # what fhirpathpy knows this node as ("Period", "Observation.component")
@@ -90,6 +90,7 @@ class Node:
         self.inert: bool | None = None  # profile compilers: see _Compiler.inert (None: not computed yet)
         self.pruned: Node | None = None  # profile compilers: see _Compiler.pruned (None: not made yet)
         self.absent: dict[int, frozenset | None] | None = None  # id(invariant) -> invariants.absent_keys
+        self.relevant: frozenset[str] | None = None  # pruned nodes of base definitions: see _Compiler.pruned
 
 
 class Child:
@@ -98,7 +99,7 @@ class Child:
     __slots__ = ("key", "name", "array", "max", "min", "kind", "primitive", "node", "binding", "binding_type",
                  "choice", "companion", "invariants", "type_path", "contained", "fixed", "pattern", "slicing",
                  "weak", "targets", "message", "lookup_extension", "slice_name", "resource_profiles", "profile",
-                 "max_length", "owner")
+                 "max_length", "owner", "simple")
 
     def __init__(self, key: str, name: str, max_: str, base_max: str | None = None) -> None:
         self.key = key
@@ -129,6 +130,7 @@ class Child:
         self.profile = ""  # the profile that constrains this element (for messages)
         self.max_length: int | None = None
         self.owner: tuple[str, bool] | None = None  # extension elements: (what they extend, is it a resource)
+        self.simple = False  # a primitive with nothing but its type to check (see _Compiler.simplify)
 
 
 def _cap(code: str) -> str:
@@ -390,6 +392,10 @@ class _Compiler:
         base definition, the missing required elements are the base walk's findings too (same
         message), so they are not looked for. Complex children stay (their content may hold
         extensions or bound codes); the walk prunes their nodes in turn.
+
+        A pruned node of a base definition also says which JSON keys of a value are worth a look
+        (``relevant``: the children kept, extensions, ``_x`` companions): a value with none of them
+        is not walked at all.
         """
         pruned = node.pruned
         if pruned is None:
@@ -404,13 +410,17 @@ class _Compiler:
             if (child.kind in (PRIMITIVE, RESOURCE) and _plain_child(child)
                     and (base_definition or (child.binding is None and child.targets is None))):
                 repeated = copy.copy(child)
-                repeated.kind = REPEATED
+                repeated.kind, repeated.simple = REPEATED, False
                 child = repeated
             children[key] = child
         pruned = copy.copy(node)
         pruned.children = children
         if base_definition:
             pruned.required, pruned.minimums = [], []
+            if not pruned.slice_minimums:  # (a node's invariants are run on its value, not here)
+                pruned.relevant = frozenset(
+                    [key for key, child in children.items() if child.kind != REPEATED]
+                    + ["_" + key for key, child in children.items() if child.companion] + list(EXTENSION_KEYS))
         pruned.pruned = pruned
         return pruned
 
@@ -557,10 +567,19 @@ class _Compiler:
                 child.targets = self._targets(type_)
             if self.slicing is not None and not is_choice and view.slices.get(eid):
                 child.slicing = self.slicing.compile_slicing(self, view, element, child, model, at_resource_root)
-            children.append(child)
+            children.append(self.simplify(child))
         if (self.profile or view.sd.get("derivation") == "constraint") and is_choice and types:
             children += self._removed_variants(element, name, types, max_, base_max)
         return children
+
+    @staticmethod
+    def simplify(child: Child) -> Child:
+        """Mark a primitive whose value has only its type to meet (no binding, fixed or pattern value,
+        length, invariant): the walk checks those in place, without a call or a path (most of them)."""
+        child.simple = (child.kind == PRIMITIVE and child.binding is None and child.weak is None
+                        and child.fixed is NOTHING and child.pattern is NOTHING and child.max_length is None
+                        and not child.invariants)
+        return child
 
     def _removed_variants(self, element: dict, name: str, types: list[dict], max_: str,
                           base_max: str | None) -> list[Child]:
@@ -897,24 +916,33 @@ class StructureValidator:
                 if child.slicing is not None:
                     self._sliced(child, key, value, data, path, issues, jobs, resource, root)
                     continue
+                if child.kind == REPEATED:
+                    continue  # a profile walk: the base walk checked these items (pruned node)
                 companion = data.get("_" + key) if child.companion else None
+                simple = child.simple
                 for i, item in enumerate(value):
-                    item_path = f"{path}.{key}[{i}]"
                     if item is None:
                         if not (type(companion) is list and i < len(companion)
                                 and isinstance(companion[i], dict)):
                             issues.append(Issue("error", "structure",
                                                 "null is only allowed in an array of primitives to line up "
-                                                f"with '_{key}'", item_path))
+                                                f"with '_{key}'", f"{path}.{key}[{i}]"))
                         continue
-                    self._value(child, item, item_path, issues, jobs, resource, root)
+                    if simple and child.primitive.check(item) is None and not (type(item) is str and (
+                            len(item) > MAX_STRING or self._strings is not None)):
+                        continue  # nothing to say (what _value would find)
+                    self._value(child, item, f"{path}.{key}[{i}]", issues, jobs, resource, root)
             elif type(value) is list:
                 issues.append(Issue("error", "structure",
                                     f"'{key}' must be a single value, not an array (it does not repeat)",
                                     f"{path}.{key}"))
             elif value is None:
                 issues.append(Issue("error", "structure", f"'{key}' must not be null", f"{path}.{key}"))
-            else:
+            elif child.simple:  # most primitives: checked here, _value (and a path) only for something to say
+                if child.primitive.check(value) is not None or (type(value) is str and (
+                        len(value) > MAX_STRING or self._strings is not None)):
+                    self._value(child, value, f"{path}.{key}", issues, jobs, resource, root)
+            elif child.kind != REPEATED:
                 self._value(child, value, f"{path}.{key}", issues, jobs, resource, root)
         for keys, name in node.required:
             for k in keys:
@@ -1017,7 +1045,9 @@ class StructureValidator:
             if not self._skip_inert:
                 self._object(node, value, path, issues, jobs, resource, root)
             elif not ((node.inert or (node.inert is None and self._compiler.inert(node))) and _bare(value)):
-                self._object(node.pruned or self._compiler.pruned(node), value, path, issues, jobs, resource, root)
+                pruned = node.pruned or self._compiler.pruned(node)
+                if pruned.relevant is None or not pruned.relevant.isdisjoint(value):
+                    self._object(pruned, value, path, issues, jobs, resource, root)
             if node.check is not None:
                 node.check(value, path, issues)
             if child.binding is not None:
