@@ -22,6 +22,7 @@ judge of a violation. The tests check the pre-check against the engine.
 """
 from __future__ import annotations
 
+import json
 import operator
 import re
 from collections.abc import Callable
@@ -111,6 +112,10 @@ def _compile_check(node: dict) -> Check | None:
         return _compile_check(child)
     if kind == "InvocationExpression":
         return _compile_chain(node)
+    if kind == "OrExpression":
+        membership = _compile_membership(node)
+        if membership is not None:
+            return membership
     if kind in ("OrExpression", "AndExpression", "ImpliesExpression"):
         left = _compile_check(children[0]) or _unknown
         right = _compile_check(children[1]) or _unknown
@@ -162,6 +167,43 @@ def _compile_check(node: dict) -> Check | None:
             return UNKNOWN
         return check_equal
     return None
+
+
+def _equalities(node: dict) -> list[tuple[dict, str]] | None:
+    """The (left operand, string literal) pairs of an or-chain of ``left = 'literal'``, or None."""
+    kind, children = node.get("type"), node.get("children") or []
+    if kind == "OrExpression" and node["terminalNodeText"][0] == "or" and len(children) == 2:
+        left, right = _equalities(children[0]), _equalities(children[1])
+        return left + right if left is not None and right is not None else None
+    if kind == "EqualityExpression" and node["terminalNodeText"][0] == "=" and len(children) == 2:
+        literal = _literal(children[1])
+        return [(children[0], literal)] if type(literal) is str else None
+    return None
+
+
+def _compile_membership(node: dict) -> Check | None:
+    """``x = 'a' or x = 'b' or ...`` (the same ``x``) as one look-up in a set.
+
+    It answers what the chain of ``or`` and ``=`` would, x being evaluated once instead of once
+    per literal: unknown or empty when x is; for a string, whether it is one of the literals; for
+    anything else (a boolean, a number, several items), unknown.
+    """
+    operands = _equalities(node)
+    if operands is None or len(operands) < 2:
+        return None
+    if len({json.dumps(left, sort_keys=True) for left, _ in operands}) != 1:
+        return None
+    element = _compile_check(operands[0][0])
+    if element is None:
+        return None
+    literals = frozenset(literal for _, literal in operands)
+
+    def check_membership(d, m, c):
+        a = element(d, m, c)
+        if a is UNKNOWN or a is EMPTY:
+            return a
+        return (a in literals) if type(a) is str else UNKNOWN
+    return check_membership
 
 
 def _logic_or(left: Check, right: Check) -> Check:
@@ -447,6 +489,14 @@ def _member_of_root(data: Any, members: dict | None, name: str) -> Any:
     if keys is None or not isinstance(data, dict):
         return UNKNOWN
     value_keys, companion_keys = keys
+    if len(value_keys) == 1:  # the usual element (not a choice): no list to build
+        key = value_keys[0]
+        if key in data:
+            return _single(data[key])
+        for key in companion_keys:
+            if key in data:
+                return NONEMPTY
+        return EMPTY
     found = [data[k] for k in value_keys if k in data]
     if not found:
         return NONEMPTY if any(k in data for k in companion_keys) else EMPTY

@@ -58,7 +58,7 @@ class Slice:
 
 
 class Slicing:
-    __slots__ = ("element", "rules", "ordered", "slices", "label")
+    __slots__ = ("element", "rules", "ordered", "slices", "label", "names")
 
     def __init__(self, element: str, rules: str, ordered: bool, slices: list[Slice], label: str) -> None:
         self.element = element  # the sliced element's path, for messages
@@ -66,6 +66,7 @@ class Slicing:
         self.ordered = ordered
         self.slices = slices
         self.label = label  # the profile
+        self.names = ", ".join(s.name for s in slices)  # for messages
 
     def assign(self, items: list, walker: Any) -> list[int | None]:
         """The index of the first slice each item matches (None: no slice)."""
@@ -98,26 +99,27 @@ class Slicing:
             elif slice_.max is not None and count > slice_.max:
                 issues.append(Issue("error", "structure", f"slice '{slice_.name}' of {self.element} allows at most "
                                     f"{slice_.max} item(s), found {count}{self._where()}", path))
-        names = ", ".join(s.name for s in self.slices)
+        names = self.names
         last = -1
         seen_unmatched = False
         for position, index in enumerate(assignment):
             if items[position] is None:
                 continue
-            where = f"{path}[{position}]"
             if index is None:
                 if self.rules == "closed":
                     issues.append(Issue("error", "structure", f"this item of {self.element} matches none of its "
-                                        f"slices ({names}) and the slicing is closed{self._where()}", where))
+                                        f"slices ({names}) and the slicing is closed{self._where()}",
+                                        f"{path}[{position}]"))
                 seen_unmatched = True
                 continue
             if self.rules == "openAtEnd" and seen_unmatched:
                 issues.append(Issue("error", "structure", f"slice '{self.slices[index].name}' item after an "
                                     f"item that matches no slice: {self.element} is sliced openAtEnd{self._where()}",
-                                    where))
+                                    f"{path}[{position}]"))
             if self.ordered and index < last:
                 issues.append(Issue("error", "structure", f"slice '{self.slices[index].name}' item out of order: "
-                                    f"the slices of {self.element} are ordered ({names}){self._where()}", where))
+                                    f"the slices of {self.element} are ordered ({names}){self._where()}",
+                                    f"{path}[{position}]"))
             last = max(last, index)
 
 

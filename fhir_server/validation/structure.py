@@ -70,7 +70,7 @@ class Node:
 
     __slots__ = ("type_path", "children", "required", "members", "invariants", "is_resource",
                  "extension_value_keys", "temporal", "minimums", "slice_minimums", "url", "label", "check",
-                 "contexts", "inert", "pruned", "absent", "relevant")
+                 "contexts", "inert", "pruned", "absent", "relevant", "hooks", "below")
 
     def __init__(self, type_path: str, is_resource: bool = False) -> None:
         self.type_path = type_path  # what fhirpathpy knows this node as ("Period", "Observation.component")
@@ -91,6 +91,8 @@ class Node:
         self.pruned: Node | None = None  # profile compilers: see _Compiler.pruned (None: not made yet)
         self.absent: dict[int, frozenset | None] | None = None  # id(invariant) -> invariants.absent_keys
         self.relevant: frozenset[str] | None = None  # pruned nodes of base definitions: see _Compiler.pruned
+        self.hooks: frozenset[str] | None = None  # keys that may hold extensions here (see _bare)
+        self.below: tuple[tuple[str, Node], ...] = ()  # complex children (key, node), for _bare
 
 
 class Child:
@@ -222,21 +224,39 @@ def _plain_child(child: Child) -> bool:
             and (binding is None or (not binding.expansion.opaque and not binding.expansion.open_systems)))
 
 
-def _bare(value: Any) -> bool:
-    """No extension anywhere in ``value``: no ``extension``/``modifierExtension``, no ``_x`` (they may carry some)."""
-    if type(value) is dict:
-        for key, item in value.items():
-            if key in EXTENSION_KEYS or key[:1] == "_":
+def _bare(node: Node, value: dict) -> bool:
+    """No extension in ``value`` (of ``node``'s type) that a profile walk would look at.
+
+    Extensions are found where the node has an extension element or a primitive that may
+    have a ``_x`` companion (``node.hooks``), and below, in its complex children. Anything
+    else (an unknown ``_x``, an extension where none may be, a contained resource) is a finding
+    of the base walk, which the profile walk would only repeat.
+    """
+    hooks = node.hooks
+    if hooks is None:
+        hooks = _hook(node)
+    if not hooks.isdisjoint(value):
+        return False
+    for key, below in node.below:
+        item = value.get(key)
+        if type(item) is dict:
+            if not _bare(below, item):
                 return False
-            kind = type(item)
-            if (kind is dict or kind is list) and not _bare(item):
-                return False
-    elif type(value) is list:
-        for item in value:
-            kind = type(item)
-            if (kind is dict or kind is list) and not _bare(item):
-                return False
+        elif type(item) is list:
+            for element in item:
+                if type(element) is dict and not _bare(below, element):
+                    return False
     return True
+
+
+def _hook(node: Node) -> frozenset[str]:
+    """Set ``node.hooks`` and ``node.below`` (see :func:`_bare`), once per node."""
+    hooks = [key for key, child in node.children.items() if child.lookup_extension]
+    hooks += ["_" + key for key, child in node.children.items() if child.companion]
+    node.below = tuple((key, child.node) for key, child in node.children.items()
+                       if child.kind == COMPLEX and child.node is not None and not child.lookup_extension)
+    node.hooks = frozenset(hooks)
+    return node.hooks
 
 
 class _Compiler:
@@ -371,7 +391,7 @@ class _Compiler:
         (profile walks report codes they cannot check, the base walk does not), no element a
         profile removed, no nested resource with profiles. Extension instances are the one thing
         that depends on the data (the profile walk checks them against the definitions of
-        profiles/): the walk skips a node only when the value carries none (:func:`_bare`).
+        profiles/): the walk skips a node only when the value carries none it would look at (:func:`_bare`).
 
         Computed once per node (nodes are immutable once compiled); only meaningful for
         nodes of a profile compiler.
@@ -1044,7 +1064,7 @@ class StructureValidator:
                 node = self._extension(child, node, value, path, issues)
             if not self._skip_inert:
                 self._object(node, value, path, issues, jobs, resource, root)
-            elif not ((node.inert or (node.inert is None and self._compiler.inert(node))) and _bare(value)):
+            elif not ((node.inert or (node.inert is None and self._compiler.inert(node))) and _bare(node, value)):
                 pruned = node.pruned or self._compiler.pruned(node)
                 if pruned.relevant is None or not pruned.relevant.isdisjoint(value):
                     self._object(pruned, value, path, issues, jobs, resource, root)
