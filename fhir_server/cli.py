@@ -167,11 +167,12 @@ def load(args: argparse.Namespace) -> int:
     import os
 
     from fhir_server.access.gate import ANONYMOUS, OpenGate
-    from fhir_server.app import create_app
+    from fhir_server.app import create_app, settle_heap
     from fhir_server.services.loader import Loader, LoadState
 
     settings = Settings.from_env(store_url=args.store, insecure_no_auth=True)
     server = create_app(settings, gate=OpenGate()).extensions["fhir"]
+    settle_heap()
     workers = (os.cpu_count() or 1) if args.workers is None else max(0, args.workers)
     inputs = sorted({f for path in args.paths for f in (_input_files(path))})
     state = LoadState(Path(args.state), inputs) if args.resume else None
