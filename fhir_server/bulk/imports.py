@@ -56,9 +56,9 @@ import re
 import threading
 import uuid
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 from urllib.parse import urlparse
 
 
@@ -69,6 +69,7 @@ from fhir_server.carehistory import EOB, INSURER_SYSTEM
 from fhir_server.carehistory.feed import deferred, unknown_patient_in
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FHIRError, Issue, operation_outcome
+from fhir_server.search.query import Clause, Query, TokenValue
 from fhir_server.services.loader import PrepareAhead
 from fhir_server.services.resources import Prepared, ResourceService, WriteResult
 
@@ -257,9 +258,8 @@ class Importer:
         if not wanted:
             return batch
         resources = self.server.resources
-        criteria = "identifier=" + ",".join(f"{INSURER_SYSTEM}|{_escape(v)}" for v in wanted)
         try:
-            page = self.server.store.search(resources.parser.criteria(EOB, criteria), count=2 * len(wanted) + 1)
+            page = self.server.store.search(identifier_query(resources.parser, wanted), count=2 * len(wanted) + 1)
         except FHIRError:
             return batch
         stored: dict[str, list[Any]] = {}
@@ -330,7 +330,9 @@ class Importer:
 
     def _write_entries(self, tx: Any, principal: Principal, entries: list[Entry], hints: "Hints | None") -> list[Any]:
         matches = ChunkMatches(self.server, tx, principal, entries, hints)
-        return [self._write_entry(tx, principal, entry, matches, hints) for entry in entries]
+        tx.current_many(_looked_up(entries))  # read at once what the lines' writes look up one by one
+        write = self._write_entry
+        return [write(tx, principal, entry, matches, hints) for entry in entries]
 
     def _write_entry(self, tx: Any, principal: Principal, entry: Entry, chunk: "ChunkMatches | None" = None,
                      hints: "Hints | None" = None) -> Any:
@@ -353,7 +355,7 @@ class Importer:
             if prepared.interaction == "update":
                 return resources.update_in(tx, principal, rtype, prepared.rid, resource, prepared=prepared)
             return resources.create_in(tx, principal, rtype, resource, prepared=prepared)
-        criteria, matches, unchanged = self._match(tx, principal, resource, chunk)
+        value, matches, unchanged = self._match(tx, principal, resource, chunk)
         if unchanged is not None:
             return unchanged
         if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
@@ -367,22 +369,22 @@ class Importer:
             self._checked(tx, resource, failure)
             return resources.create_in(tx, principal, rtype, resource, prepared=prepared)
         # several matches, or an id of its own: the service's conditional update, prepared in the transaction
-        return resources.conditional_update_in(tx, principal, rtype, criteria, resource)
+        return resources.conditional_update_in(tx, principal, rtype, _criteria([value]), resource)
 
     def _match(self, tx: Any, principal: Principal, resource: dict, chunk: "ChunkMatches | None",
                seen: tuple[str, int] | None = None) -> tuple[str, list, WriteResult | None]:
-        """A care item's conditional match on the insurer identifier: (criteria, matches, the stored version when
-        the item is identical to its single match — the re-feed, nothing to write — else None)."""
+        """A care item's conditional match on the insurer identifier: (its identifier, matches, the stored version
+        when the item is identical to its single match — the re-feed, nothing to write — else None)."""
         value = _insurer_value(resource)
-        criteria = f"identifier={INSURER_SYSTEM}|{_escape(value)}"
-        matches = chunk.matches(value) if chunk is not None else self.server.resources.matches(
-            tx, principal, EOB, criteria, "update")
         if chunk is not None:
+            matches = chunk.matches(value)
             chunk.written(value, resource)
+        else:
+            matches = identifier_matches(self.server.resources, tx, principal, [value])
         unchanged = None
         if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
             unchanged = self._unchanged(tx, principal, EOB, matches[0][1], dict(resource, id=matches[0][1]), seen)
-        return criteria, matches, unchanged
+        return value, matches, unchanged
 
     @staticmethod
     def _checked(tx: Any, resource: dict, failure: tuple[int, list[Issue]] | None) -> None:
@@ -416,12 +418,12 @@ class Importer:
         resources = self.server.resources
         rtype = resource["resourceType"]
         if rtype == EOB:
-            criteria, matches, unchanged = self._match(tx, principal, resource, chunk, seen)
+            value, matches, unchanged = self._match(tx, principal, resource, chunk, seen)
             if unchanged is not None:
                 return unchanged
             if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
                 return resources.update_in(tx, principal, rtype, matches[0][1], dict(resource, id=matches[0][1]))
-            return resources.conditional_update_in(tx, principal, rtype, criteria, resource)
+            return resources.conditional_update_in(tx, principal, rtype, _criteria([value]), resource)
         if resource.get("id"):
             return resources.update_in(tx, principal, rtype, resource["id"], resource)
         return resources.create_in(tx, principal, rtype, resource)
@@ -487,10 +489,11 @@ class ChunkMatches:
         wanted.discard(None)
         if not wanted:
             return
-        criteria = "identifier=" + ",".join(f"{INSURER_SYSTEM}|{_escape(v)}" for v in sorted(wanted))
         known = hints.known if hints is not None else {}
-        for _, rid in self.resources.matches(tx, principal, EOB, criteria, "update"):
-            current = tx.current(EOB, rid)
+        found = identifier_matches(self.resources, tx, principal, sorted(wanted))
+        stored = tx.current_many([(EOB, rid) for _, rid in found])
+        for _, rid in found:
+            current = stored[(EOB, rid)]
             if current is None or current.deleted:
                 held: set[str] = set()
             elif rid in known and known[rid][0] == current.version:  # as read before the transaction
@@ -503,8 +506,7 @@ class ChunkMatches:
 
     def matches(self, value: str) -> list[tuple[str, str]]:
         if value in self.dirty:
-            return self.resources.matches(self.tx, self.principal, EOB,
-                                          f"identifier={INSURER_SYSTEM}|{_escape(value)}", "update")
+            return identifier_matches(self.resources, self.tx, self.principal, [value])
         return [(EOB, rid) for rid in self.found.get(value, ())]
 
     def written(self, value: str, resource: dict) -> None:
@@ -519,6 +521,21 @@ class ChunkMatches:
 def _insurer_values(resource: dict) -> set[str]:
     return {i.get("value") for i in resource.get("identifier") or []
             if isinstance(i, dict) and i.get("system") == INSURER_SYSTEM and isinstance(i.get("value"), str)}
+
+
+def _looked_up(entries: list[Entry]) -> list[tuple[str, str]]:
+    """What the writes of prepared lines read by id: the resource itself (its current version, or that it does not
+    exist yet), a care item's patient (``Patient/[id]`` references)."""
+    keys: list[tuple[str, str]] = []
+    for _, kind, payload in entries:
+        if kind != "ready":
+            continue
+        keys.append((payload.rtype, payload.rid))
+        if payload.rtype == EOB:
+            reference = (payload.resource.get("patient") or {}).get("reference")
+            if isinstance(reference, str) and reference.startswith("Patient/") and reference.count("/") == 1:
+                keys.append(("Patient", reference[8:]))
+    return list(dict.fromkeys(keys))
 
 
 def _resource_of(entry: Entry) -> dict:
@@ -638,6 +655,44 @@ def _prepare_entries(resources: ResourceService, entries: list[Entry]) -> list[E
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
+
+
+def _criteria(values: list[str]) -> str:
+    """The conditional criteria matching the care items of these insurer identifiers."""
+    return "identifier=" + ",".join(f"{INSURER_SYSTEM}|{_escape(v)}" for v in values)
+
+
+_TEXT_ONLY = ("+", "%", "&", "?")  # what the criteria text would not carry as such (URL decoding, its "?" and "&")
+_templates: dict[int, tuple[Any, Any, Any]] = {}  # id(parser) -> (parser, registry version, identifier clause)
+
+
+def identifier_query(parser: Any, values: Iterable[str]) -> Query:
+    """``parser.criteria(EOB, _criteria(values))``, without parsing a clause of every value: the identifier
+    clause is parsed once per search parameter registry, for one value, and given these values (the query is
+    equal to the parsed one). Values the criteria text would not carry as they are take the text's way."""
+    values = list(values)
+    version = parser.registry.version
+    cached = _templates.get(id(parser))
+    if cached is None or cached[0] is not parser or cached[1] != version:
+        template = parser.criteria(EOB, _criteria(["x"]))
+        clause = template.clauses[0] if len(template.clauses) == 1 else None
+        if not (template.types == (EOB,) and not template.sort and isinstance(clause, Clause)
+                and clause.values == (TokenValue(INSURER_SYSTEM, "x", True),)):
+            clause = None
+        _templates[id(parser)] = cached = (parser, version, clause)
+    clause = cached[2]
+    if clause is None or not values or any(c in value for value in values for c in _TEXT_ONLY):
+        return parser.criteria(EOB, _criteria(values))
+    return Query(types=(EOB,), clauses=[replace(clause, values=tuple(TokenValue(INSURER_SYSTEM, value, True)
+                                                                      for value in values))])
+
+
+def identifier_matches(resources: ResourceService, tx: Any, principal: Principal,
+                       values: Iterable[str]) -> list[tuple[str, str]]:
+    """``resources.matches(tx, principal, EOB, _criteria(values), "update")``, with :func:`identifier_query`."""
+    query = resources.gate.constrained(principal, identifier_query(resources.parser, values),
+                                       resources.definitions.served, "update")
+    return tx.search(query)
 
 
 # -- the kick-off -----------------------------------------------------------------------------------

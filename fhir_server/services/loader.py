@@ -279,7 +279,7 @@ class Loader:
         if not valid:
             return
         try:
-            self.resources.atomic(lambda tx: [self._write(tx, prepared) for _, prepared in valid], what="load")
+            self.resources.atomic(lambda tx: self._write_all(tx, [prepared for _, prepared in valid]), what="load")
             report.loaded += len(valid)
         except FHIRError:
             for where, prepared in valid:  # one of them clashes: fall back to one transaction each
@@ -288,6 +288,12 @@ class Loader:
                     report.loaded += 1
                 except FHIRError as exc:
                     report.rejected.append((where, describe(exc)))
+
+    def _write_all(self, tx, chunk: list[Prepared]) -> None:
+        tx.current_many([(prepared.rtype, prepared.rid) for prepared in chunk])  # every lookup of the chunk at once
+        write = self._write
+        for prepared in chunk:
+            write(tx, prepared)
 
     def _write(self, tx, prepared: Prepared) -> None:
         """The second write step. Append-only types (no update interaction, e.g. AuditEvent) are created

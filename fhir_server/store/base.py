@@ -68,6 +68,11 @@ class Transaction(abc.ABC):
         must not exist yet). ``index`` is None for a deletion marker.
         """
 
+    def current_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], StoredResource | None]:
+        """:meth:`current` of each (type, id), as a dict. A backend may read them at once, and keep them for the
+        :meth:`current` calls and write checks of the rest of the transaction (a bulk load's chunk)."""
+        return {key: self.current(*key) for key in keys}
+
     def put_many(self, items: Iterable[tuple[StoredResource, IndexEntries | None, int | None]]) -> None:
         """:meth:`put` of each ``(resource, index, expected_version)``, in order, possibly in bulk.
 

@@ -165,6 +165,18 @@ class MongoTransaction(Transaction):
             doc = self.store.resources.find_one({"_id": f"{rtype}/{rid}"}, RESOURCE_PROJECTION, **self._kw)
         return _doc_to_resource(doc) if doc else None
 
+    def current_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], StoredResource | None]:
+        keys = list(keys)
+        found: dict[tuple[str, str], StoredResource | None] = dict.fromkeys(keys)
+        ids = list(dict.fromkeys(f"{t}/{i}" for t, i in keys))
+        for start in range(0, len(ids), 1000):
+            with self.store._atomic():
+                docs = list(self.store.resources.find({"_id": {"$in": ids[start:start + 1000]}}, RESOURCE_PROJECTION,
+                                                      **self._kw))
+            for doc in docs:
+                found[(doc["type"], doc["id"])] = _doc_to_resource(doc)
+        return found
+
     def put(self, resource: StoredResource, index: IndexEntries | None, *, expected_version: int | None) -> None:
         try:
             with self.store._atomic():

@@ -35,8 +35,9 @@ import threading
 import time
 from array import array
 from contextlib import contextmanager
+from itertools import repeat
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 from fhir_server.search.entries import IndexEntries
@@ -197,6 +198,25 @@ class SQLiteTransaction(Transaction):
         if known is None:
             known = self._read((rtype, rid))
         return known[1]
+
+    def current_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], StoredResource | None]:
+        keys = list(keys)
+        known = self._known
+        wanted: dict[str, list[str]] = {}
+        for key in keys:
+            if key not in known:
+                wanted.setdefault(key[0], []).append(key[1])
+        for rtype, ids in wanted.items():
+            ids = list(dict.fromkeys(ids))
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                for key in zip(repeat(rtype), chunk):
+                    known[key] = (None, None)
+                rows = self.conn.execute(_CURRENT_WITH_RPK.replace("r.id=?", f"r.id IN ({','.join('?' * len(chunk))})"),
+                                         (rtype, *chunk))
+                for row in rows:
+                    known[(row[1], row[2])] = (row[0], _row_to_resource(row[1:]))
+        return {key: known[key][1] for key in keys}
 
     def _read(self, key: tuple[str, str]) -> tuple[int | None, StoredResource | None]:
         row = self.conn.execute(_CURRENT_WITH_RPK, key).fetchone()

@@ -7,6 +7,7 @@ import json
 from feed_helpers import NDJSON, PATIENTS, care_item, identifiers
 
 from fhir_server.carehistory import INSURER_SYSTEM
+from fhir_server.model.outcome import FHIRError
 
 
 def ndjson(*lines) -> bytes:
@@ -155,3 +156,27 @@ def test_an_identifier_twice_in_one_chunk_is_created_once_then_updated(feed):
         assert found["total"] == 1
         versions[item] = found["entry"][0]["resource"]["meta"]["versionId"]
     assert versions == {"b0": "3", "b1": "2", "b2": "1"}
+
+
+def test_the_identifier_query_is_the_one_the_criteria_parse_to(feed):
+    from fhir_server.bulk.imports import _criteria, identifier_query
+    parser = feed.server.resources.parser
+    def outcome(parse, values):
+        try:
+            return parse(values)
+        except FHIRError as exc:
+            return exc.status, [i.diagnostics for i in exc.issues]
+    for values in (["a1"], ["8-0-1", "8-0-2", "x"], ["a,b", "c|d", "e\\f", "g$h", "ünï", " sp ace "],
+                   ["a+b"], ["100%"], ["x&identifier=y"], ["what?"], ["a1", "b+c"]):
+        assert outcome(lambda v: identifier_query(parser, v), values) == \
+            outcome(lambda v: parser.criteria("ExplanationOfBenefit", _criteria(v)), values), values
+
+
+def test_identifiers_with_characters_of_the_criteria_syntax_match_their_own_item(feed):
+    odd = ["a,1", "b|2", "c\\3", "d$4"]
+    items = [care_item(value) for value in odd]
+    finish(feed, kick_off(feed, ndjson(*items)))
+    items[1] = care_item("b|2", code="VG")
+    manifest = finish(feed, kick_off(feed, ndjson(*items, care_item("a,1"))))
+    summary = download(feed, manifest["output"][0]["url"])[0]["issue"][0]["diagnostics"]
+    assert "5 lines, 0 created, 1 updated, 4 unchanged" in summary and manifest["error"] == []

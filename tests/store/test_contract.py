@@ -327,3 +327,27 @@ def test_group_committed_actions_each_keep_or_lose_their_bulk_writes(store):
         query = Query(("Patient",), [Clause("gender", "token", None, (TokenValue(None, prefix, False),))])
         assert store.count(query) == count
         assert (store.read("Patient", f"{prefix}-last") is not None) == bool(count)
+
+
+def test_current_many_reads_stored_and_own_writes_and_the_checks_follow_it(store):
+    put(store, version("a", 1), entries("f"))
+    put(store, version("b", 1))
+    put(store, version("b", 2, deleted=True), expected=1)
+    with store.transaction() as tx:
+        tx.put(version("c", 1), entries("f"), expected_version=None)
+        found = tx.current_many([("Patient", "a"), ("Patient", "b"), ("Patient", "c"), ("Patient", "zz"),
+                                 ("Observation", "a")])
+        assert found == {("Patient", "a"): version("a", 1), ("Patient", "b"): version("b", 2, deleted=True),
+                         ("Patient", "c"): version("c", 1), ("Patient", "zz"): None, ("Observation", "a"): None}
+        with pytest.raises(AlreadyExists):
+            tx.put(version("a", 1), entries(), expected_version=None)
+        with pytest.raises(VersionConflict):
+            tx.put(version("zz", 2), entries(), expected_version=1)
+        tx.put(version("zz", 1), entries("f"), expected_version=None)
+        tx.put(version("a", 2), entries("m"), expected_version=1)
+        tx.put(version("b", 3), entries("f"), expected_version=2)
+        assert tx.current("Patient", "a").version == 2 and tx.current("Patient", "zz").version == 1
+        assert tx.current_many([("Patient", "b")]) == {("Patient", "b"): version("b", 3)}
+        assert _keys(tx.search(Query(("Patient",), [GENDER["f"]]))) == ["b", "c", "zz"]
+    assert _search(store, GENDER["f"]) == ["b", "c", "zz"] and _search(store, GENDER["m"]) == ["a"]
+    assert [store.read("Patient", r).version for r in ("a", "b", "c", "zz")] == [2, 3, 1, 1]
