@@ -168,6 +168,24 @@ class FHIRServer:
         return clauses[0] if len(clauses) == 1 else AnyOf(clauses)
 
 
+class FHIRFlask(Flask):
+    """Flask, minus a per-request cost this server has no use for.
+
+    Flask asks ``inspect.iscoroutinefunction`` about every hook and view on every request, in case one is
+    ``async def`` (nine times per read here, a few microseconds each); the answer never changes for a given
+    function, so it is remembered. Async views are still run through ``async_to_sync`` as Flask does."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_functions: dict[Callable, Callable] = {}
+
+    def ensure_sync(self, func: Callable) -> Callable:
+        known = self._sync_functions.get(func)
+        if known is None:
+            known = self._sync_functions[func] = super().ensure_sync(func)
+        return known
+
+
 def settle_heap() -> None:
     """Put what start-up loaded (definitions, profiles, value sets, the app) out of the garbage collector's sight.
 
@@ -191,7 +209,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         from fhir_server.access.smart import build_gate
         gate = build_gate(settings, lambda: token_authority(store).jwks(),
                           lambda jti: token_authority(store).is_revoked(jti))
-    app = Flask(__name__)
+    app = FHIRFlask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     server = FHIRServer(settings, engine or Engine.build(), store, gate)
     app.extensions["fhir"] = server
