@@ -1288,14 +1288,29 @@ def same_value(value: Any, expected: Any) -> bool:
 
 
 def matches_pattern(value: Any, pattern: Any) -> bool:
-    """FHIR pattern[x]: every property of the pattern is in the value; pattern list items each match one."""
+    """FHIR pattern[x]: every property of the pattern is in the value; pattern list items each match one.
+
+    (Loops rather than all()/any() over generators: slicing asks this for every item and slice.)
+    """
     if isinstance(pattern, dict):
-        return isinstance(value, dict) and all(k in value and matches_pattern(value[k], p)
-                                               for k, p in pattern.items())
+        if not isinstance(value, dict):
+            return False
+        for key, expected in pattern.items():
+            if key not in value or not matches_pattern(value[key], expected):
+                return False
+        return True
     if isinstance(pattern, list):
         if not isinstance(value, list):
             return False
-        return all(any(matches_pattern(v, p) for v in value) for p in pattern)
+        for expected in pattern:
+            for item in value:
+                if matches_pattern(item, expected):
+                    break
+            else:
+                return False
+        return True
+    if type(pattern) is str:  # what same_value answers for a string, without its number checks
+        return value == pattern
     return same_value(value, pattern)
 
 
