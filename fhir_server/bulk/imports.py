@@ -361,12 +361,12 @@ class Importer:
         if len(matches) == 1 and resource.get("id") in (None, matches[0][1]):
             rid = matches[0][1]
             body = dict(resource, id=rid)
-            self._checked(tx, resource, failure)
+            self._checked(tx, resource, failure, chunk)
             as_update = Prepared("update", rtype, rid, body, prepared.issues, prepared.index,
                                  prepared.registry_version)
             return resources.update_in(tx, principal, rtype, rid, body, prepared=as_update)
         if not matches and not resource.get("id"):
-            self._checked(tx, resource, failure)
+            self._checked(tx, resource, failure, chunk)
             return resources.create_in(tx, principal, rtype, resource, prepared=prepared)
         # several matches, or an id of its own: the service's conditional update, prepared in the transaction
         return resources.conditional_update_in(tx, principal, rtype, _criteria([value]), resource)
@@ -387,14 +387,21 @@ class Importer:
         return value, matches, unchanged
 
     @staticmethod
-    def _checked(tx: Any, resource: dict, failure: tuple[int, list[Issue]] | None) -> None:
+    def _checked(tx: Any, resource: dict, failure: tuple[int, list[Issue]] | None,
+                 chunk: "ChunkMatches | None" = None) -> None:
         """Raise what the validation would have raised for this care item, in the service's order: base
-        errors (400), then the unknown patient (looked up in ``tx``), then the profiles' errors (422)."""
+        errors (400), then the unknown patient (looked up in ``tx``), then the profiles' errors (422).
+        A patient reference found in the chunk's transaction is not looked up again: an import deletes nothing."""
         if failure is not None and failure[0] == 400:
             raise FHIRError(*failure)
-        problem = unknown_patient_in(tx, resource)
-        if problem is not None:
-            raise FHIRError(400, [problem])
+        patient = resource.get("patient") if chunk is not None else None
+        reference = patient.get("reference") if isinstance(patient, dict) else None
+        if not isinstance(reference, str) or reference not in chunk.patients:
+            problem = unknown_patient_in(tx, resource)
+            if problem is not None:
+                raise FHIRError(400, [problem])
+            if isinstance(reference, str):
+                chunk.patients.add(reference)
         if failure is not None:
             raise FHIRError(*failure)
 
@@ -484,6 +491,7 @@ class ChunkMatches:
         self.found: dict[str, list[str]] = {}  # insurer identifier -> ids of the items it matches
         self.values: dict[str, set[str]] = {}  # id -> its insurer identifiers
         self.dirty: set[str] = set()  # identifiers to match line by line (an item carrying them was written)
+        self.patients: set[str] = set()  # patient references found in the transaction
         wanted = {_insurer_value(_resource_of(entry)) for entry in entries if entry[1] != "early"
                   and _resource_of(entry)["resourceType"] == EOB}
         wanted.discard(None)
@@ -519,8 +527,13 @@ class ChunkMatches:
 
 
 def _insurer_values(resource: dict) -> set[str]:
-    return {i.get("value") for i in resource.get("identifier") or []
-            if isinstance(i, dict) and i.get("system") == INSURER_SYSTEM and isinstance(i.get("value"), str)}
+    values = set()
+    for identifier in resource.get("identifier") or ():
+        if isinstance(identifier, dict) and identifier.get("system") == INSURER_SYSTEM:
+            value = identifier.get("value")
+            if isinstance(value, str):
+                values.add(value)
+    return values
 
 
 def _looked_up(entries: list[Entry]) -> list[tuple[str, str]]:
@@ -560,9 +573,12 @@ def _checked_type(server: Any, resource: Any, expected_type: str | None) -> str:
 
 
 def _insurer_value(resource: dict) -> str | None:
-    value = next((i.get("value") for i in resource.get("identifier") or []
-                  if isinstance(i, dict) and i.get("system") == INSURER_SYSTEM), None)
-    return value if isinstance(value, str) and value else None
+    """The value of the first insurer identifier, when it is a non-empty string."""
+    for identifier in resource.get("identifier") or ():
+        if isinstance(identifier, dict) and identifier.get("system") == INSURER_SYSTEM:
+            value = identifier.get("value")
+            return value if isinstance(value, str) and value else None
+    return None
 
 
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
