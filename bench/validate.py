@@ -105,12 +105,16 @@ def cpu_corpus(seed: int = 8, patients: int = 12, clinical: int = 40) -> dict[st
 
 
 def forget(validator) -> None:
-    """Empty the memos of values seen (verdicts on primitive values), as for a new stream of resources."""
+    """Empty the memos of values seen (verdicts on primitive values, notes on codes, profile issues
+    named), as for a new stream of resources."""
     for compiler in (validator.base_compiler, validator.profile_compiler):
         for primitive in compiler.primitives.values():
             memo = getattr(primitive, "_memo", None)
             if memo is not None:
                 memo.clear()
+    for binding in getattr(validator.terminology, "_made", {}).values():
+        getattr(binding, "_notes", {}).clear()
+    getattr(validator, "_named", {}).clear()
 
 
 def cpu_per_resource(validator, definitions, resources: list[dict], repeat: int) -> list[float]:

@@ -21,6 +21,7 @@ from typing import Any
 from fhir_server.model.outcome import Issue
 
 MAX_LISTED_CODES = 12
+NOTES_MEMO = 1024  # "not checked" notes kept per binding for reuse (then forgotten): the same codes recur
 SEVERITY = {"required": "error", "extensible": "warning", "preferred": "warning"}
 
 
@@ -198,7 +199,7 @@ def _filtered(cs: dict, filters: list[dict]) -> set[str] | None:
 class Binding:
     """One binding (value set + strength), ready to check code, Coding and CodeableConcept values."""
 
-    __slots__ = ("url", "strength", "expansion", "severity", "report", "_listing", "_open_reason")
+    __slots__ = ("url", "strength", "expansion", "severity", "report", "_listing", "_open_reason", "_notes")
 
     def __init__(self, expansion: Expansion, strength: str, report: bool) -> None:
         self.url = expansion.url
@@ -210,6 +211,7 @@ class Binding:
         more = len(expansion.codes) - len(listed)
         self._listing = ", ".join(listed) + (f" and {more} more" if more > 0 else "")
         self._open_reason = "; ".join(sorted(set(expansion.open_systems.values())))  # why codes are not checked
+        self._notes: dict[tuple[str, str, str], Issue] = {}  # (what, reason, path) -> the note (issues are values)
 
     def _vs(self) -> str:
         return f"the {self.strength} value set {self.url}"
@@ -220,10 +222,17 @@ class Binding:
 
     def _unchecked(self, what: str, reason: str, path: str, issues: list[Issue]) -> None:
         if self.report:
-            if self.url not in reason:
-                reason = f"it cannot be expanded here ({reason})"
-            issues.append(Issue("information", "informational", f"{what} was not checked against {self._vs()}: "
-                                                                 f"{reason}", path))
+            key = (what, reason, path)
+            note = self._notes.get(key)
+            if note is None:
+                if self.url not in reason:
+                    reason = f"it cannot be expanded here ({reason})"
+                note = Issue("information", "informational", f"{what} was not checked against {self._vs()}: "
+                                                             f"{reason}", path)
+                if len(self._notes) >= NOTES_MEMO:
+                    self._notes.clear()
+                self._notes[key] = note
+            issues.append(note)
 
     # -- membership -------------------------------------------------------------------------
 

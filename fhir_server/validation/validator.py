@@ -32,6 +32,7 @@ from fhir_server.validation.profiles import ProfileRegistry
 from fhir_server.validation.structure import KNOWN, Node, StructureValidator, _Compiler, issue_key
 
 ERRORS = ("error", "fatal")
+NAMED_MEMO = 4096  # profile issues kept with the profile named (then forgotten): the same ones recur
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Validator:
             structures=registry.resource_definition, extensions=self._base_extension,
             unknown_extension=options.unknown_extension, conforms=self.conforms, strings=strings,
             contained=options.contained, skip_absent=options.shortcuts)
+        self._named: dict[tuple[Issue, str], Issue] = {}  # (issue, profile) -> the issue naming it
         self.walker = StructureValidator(
             compiler=self.profile_compiler, invariants=options.invariants, resource_types=registry.resource_types,
             structures=registry.resource_definition, extensions=self._profile_extension,
@@ -143,7 +145,7 @@ class Validator:
                 if key in seen:
                     continue
                 seen.add(key)
-                report.issues.append(_naming(issue, label))
+                report.issues.append(self._naming(issue, label))
         return report
 
     def validate_all(self, resource: Any, profiles: Sequence[str] = (), *, claimed: bool = True,
@@ -165,6 +167,17 @@ class Validator:
                                 f"profile {canonical} is not known to this server: not checked",
                                 None if explicit else f"{resource['resourceType']}.meta.profile"))
         return issues + report.issues
+
+    def _naming(self, issue: Issue, label: str) -> Issue:
+        """:func:`_naming`, remembered: issues are values, and a profile's notes recur from one resource to the next."""
+        key = (issue, label)
+        named = self._named.get(key)
+        if named is None:
+            named = _naming(issue, label)
+            if len(self._named) >= NAMED_MEMO:
+                self._named.clear()
+            self._named[key] = named
+        return named
 
     # -- hooks the walk calls ---------------------------------------------------------------
 
