@@ -14,7 +14,12 @@ lazily (each resource type, profile and extension once, on first use) with the c
   issues it finds that the base walk also found are dropped, so what remains is what the
   profiles add; each of those names the profile.
 
-A profile validation therefore costs one base walk plus a cheaper profile walk.
+A profile validation therefore costs one base walk plus a cheaper profile walk, made cheaper
+still by shortcuts that change no issue (``ValidationOptions.shortcuts``, compared with the full
+walks by tests/validation/test_shortcuts.py): the profile walk leaves out the values whose checks
+can only repeat the base walk's (:meth:`_Compiler.inert`, :meth:`_Compiler.pruned`), and
+invariants that hold for want of the elements they look at are not evaluated
+(:func:`~fhir_server.validation.invariants.absent_keys`).
 """
 from __future__ import annotations
 

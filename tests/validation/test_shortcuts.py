@@ -12,6 +12,10 @@ hold for want of their elements are not evaluated (:func:`invariants.absent_keys
    broken variant of each of its resources) with the issues the validator gave before the shortcuts
    existed (commit 32b948e); both validators must give exactly those. Regenerate it only for an
    intended change of the issues: ``.venv/bin/python -m tests.validation.test_shortcuts --write``.
+
+The memos of values already seen (verdicts on string primitives, a profile's notes on codes it cannot
+check, issues named with their profile) are on in both validators: the second test, run over
+resources in a row, is what compares them with the validator before them.
 """
 from __future__ import annotations
 
@@ -130,7 +134,8 @@ def test_shortcuts_skip_the_profile_walk_of_base_types_and_absent_invariants(def
         validator.validate_all(item)
         measured.append(dict(counts))
     fast, full = measured
-    assert fast["objects"] < full["objects"] and fast["invariants"] < full["invariants"] * 0.75, measured
+    # measured when written: 37 objects and 5 evaluations with the shortcuts, 52 and 13 without
+    assert fast["objects"] <= full["objects"] * 0.8 and fast["invariants"] <= full["invariants"] * 0.5, measured
 
 
 def test_the_issues_are_those_before_the_shortcuts(validators):
