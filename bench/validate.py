@@ -251,7 +251,11 @@ def main(argv: list[str] | None = None) -> int:
              "skips the base invariants (the base walk ran them) and drops what the base walk already reported; "
              "FHIRPath invariants are first tried by a pre-check that answers the common `where(...)`, `exists()`, "
              "`all()`, `count()`, `matches()` shapes on the JSON directly, fhirpathpy (~0.1-4 ms per evaluation) "
-             "deciding only what the pre-check cannot (a violation, or an expression it does not read).",
+             "deciding only what the pre-check cannot (a violation, or an expression it does not read). Shortcuts "
+             "that change no issue (tests/validation/test_shortcuts.py): the profile walk does not walk again the "
+             "values whose checks can only repeat the base walk's (base data types without extensions, primitives "
+             "checked alike), invariants that hold for want of the elements they look at are not evaluated, "
+             "verdicts on string primitives and a profile's notes on codes it cannot check are remembered.",
              ""]
     text = "\n".join(lines)
     print(text)
