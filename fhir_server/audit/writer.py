@@ -179,7 +179,6 @@ class StoreBatchWriter:
             stamped = self._stamped(event, str(uuid.uuid4()))
             now = stamped["meta"]["lastUpdated"]
             rows.append((StoredResource("AuditEvent", stamped["id"], 1, now, False, jsonio.dumps(stamped), "POST"),
-                         self.indexer.index(stamped)))
+                         self.indexer.index(stamped), None))
         with self.server.store.transaction() as tx:
-            for stored, entries in rows:
-                tx.put(stored, entries, expected_version=None)
+            tx.put_many(rows)  # creates: in bulk (one statement per table on SQLite, insert_many on MongoDB)

@@ -626,11 +626,13 @@ def _reattached(ready: list[Entry], sent: list[Entry]) -> list[Entry]:
 
 
 def _worker_prepare(resources: ResourceService, entries: list[Entry]) -> list[Entry]:
-    """:func:`_prepare_entries` in a worker process: the resources stay out of the answer."""
+    """:func:`_prepare_entries` in a worker process: the resources stay out of the answer, and so do the warnings
+    of the lines ready to write (an import reports only what it refuses)."""
     out: list[Entry] = []
     for line_number, kind, payload in _prepare_entries(resources, entries):
         if kind == "ready":
             payload.resource = None
+            payload.issues = []
         elif kind == "refused":
             payload = (payload[0], payload[1], None)
         elif kind != "early":

@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import signal
 from collections import deque
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -102,6 +103,24 @@ def prepare_chunk(resources: ResourceService, chunk: list[Item]) -> list[Ready]:
         except FHIRError as exc:
             out.append((where, describe(exc)))
     return out
+
+
+def _worker_prepare_chunk(resources: ResourceService, chunk: list[Item]) -> list[Ready]:
+    """:func:`prepare_chunk` in a worker process, answered lean: without the resources (the main process has
+    them: :func:`_reattached`) nor the validation's warnings (a load reports only what it rejects)."""
+    out = prepare_chunk(resources, chunk)
+    for _, prepared in out:
+        if isinstance(prepared, Prepared):
+            prepared.resource = None
+            prepared.issues = []
+    return out
+
+
+def _reattached(chunk: list[Item], ready: list[Ready]) -> list[Ready]:
+    for (_, resource), (_, prepared) in zip(chunk, ready):
+        if isinstance(prepared, Prepared) and prepared.resource is None:
+            prepared.resource = resource
+    return ready
 
 
 # -- worker processes ----------------------------------------------------------------------------------
@@ -264,8 +283,12 @@ class Loader:
     def _prepared(self, items: Iterable[Item], chunk_size: int, start: int,
                   report: LoadReport) -> Iterator[tuple[int, list[Ready]]]:
         """Chunks after the first write step, in input order (:class:`PrepareAhead`)."""
-        ahead = PrepareAhead(self.resources, prepare_chunk, workers=self.workers, worker_server=self.worker_server)
-        return ahead.run(self._todo(items, chunk_size, start, report))
+        ahead = PrepareAhead(self.resources, prepare_chunk, workers=self.workers, worker_server=self.worker_server,
+                             in_worker=_worker_prepare_chunk)
+        todo = (((position, chunk), chunk) for position, chunk in self._todo(items, chunk_size, start, report))
+        with closing(ahead.run(todo)) as prepared:  # stopped early: the workers end at once
+            for (position, chunk), ready in prepared:
+                yield position, _reattached(chunk, ready)
 
     def _write_chunk(self, chunk: list[Ready], report: LoadReport) -> None:
         """Write the chunk in one transaction; if any resource fails, write them one by one so that

@@ -265,6 +265,13 @@ class SQLiteTransaction(Transaction):
             self._indexed.add(rpk)
         self._known[key] = (rpk, resource)
 
+    def put_many(self, items: Iterable[tuple[StoredResource, IndexEntries | None, int | None]]) -> None:
+        items = list(items)
+        self.current_many([(resource.type, resource.id) for resource, _, _ in items])  # one lookup for them all
+        put = self.put
+        for resource, index, expected_version in items:
+            put(resource, index, expected_version=expected_version)
+
     def _next_ids(self) -> None:
         conn = self.conn
         self._next_vrow = (conn.execute("SELECT max(vrow) FROM versions").fetchone()[0] or 0) + 1
