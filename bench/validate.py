@@ -211,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     cpu_lines: list[str] = []
     if args.cpu:
         cpu_lines, _ = cpu_table(validator, definitions, args.cpu_repeat)
-        cpu_lines = ["CPU per resource (`time.process_time()`, median of "
-                     f"{args.cpu_repeat} runs per resource, then the median over the resources of each kind; the "
-                     "profiles a write checks: the type's registry profile and `meta.profile`):", "", *cpu_lines, ""]
+        cpu_lines = ["CPU per resource, as in a stream of writes (`time.process_time()` of each resource, the median "
+                     f"of {args.cpu_repeat} passes over the resources, each resource once per pass and each pass from "
+                     "empty memos; then the median over the resources of each kind; the profiles a write checks: the "
+                     "type's registry profile and `meta.profile`):", "", *cpu_lines, ""]
 
     median_record = statistics.median(record)
     lines = [SECTION, "",
@@ -227,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
              "In-process, what a write runs per resource (`ResourceService.validate`): base R4 validation, then the "
              "resource's profile (one profile walk: slicing, fixed/pattern values, bindings, the profile's own "
              f"invariants). Items: the {len(items)} valid examples of `profiles/examples/manifest.json`, each against "
-             f"its profile; median of {args.repeat} runs per item after a warm-up.",
+             f"its profile; median of {args.repeat} runs per item after a warm-up (the same item again and again: its "
+             "values are remembered from the first run, so these are lower than in a stream of distinct resources, "
+             "for which see the CPU table below).",
              "",
              "| measure | result | target |",
              "|---|---|---|",
