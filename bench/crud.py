@@ -170,13 +170,22 @@ def make_patient(rng: random.Random) -> dict:
                          .translate(str.maketrans("éèêëàâäîïôöûüùçœ", "eeeeaaaiioouuuco")))
     patient = {
         "resourceType": "Patient",
+        # what the record's dmp-patient profile asks of an EHR: a current INS of FR Core's type, and the birth
+        # place's INSEE code (dmp-pat-1, dmp-pat-3)
+        "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace", "valueAddress": {
+            "extension": [{"url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-address-insee-code",
+                           "valueCoding": {"system": "https://mos.esante.gouv.fr/NOS/TRE_R13-CommuneOM/FHIR/"
+                                                     "TRE-R13-CommuneOM", "code": dept + commune}}],
+            "city": city}}],
         "identifier": [{"use": "official",
-                        "type": {"coding": [{"system": "http://interopsante.org/fhir/CodeSystem/fr-v2-0203",
+                        "type": {"coding": [{"system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203",
                                              "code": "INS-NIR", "display": "NIR définitif"}]},
                         "system": "urn:oid:1.2.250.1.213.1.4.8",
                         "value": _nir(rng, gender, birth, dept, commune)}],
         "active": True,
-        "name": [{"use": "official", "family": family, "given": given}],
+        "name": [{"extension": [{"url": "https://hl7.fr/ig/fhir/core/StructureDefinition/"
+                                        "fr-core-patient-birth-list-given-name", "valueString": " ".join(given)}],
+                  "use": "official", "family": family, "given": given}],
         "telecom": [{"system": "phone", "value": f"+33 6 {rng.randrange(10, 100)} {rng.randrange(10, 100)} "
                                                   f"{rng.randrange(10, 100)} {rng.randrange(10, 100)}",
                      "use": "mobile"},

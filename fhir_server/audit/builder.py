@@ -110,8 +110,9 @@ class AuditEventBuilder:
                 event["subtype"] = [{"system": RESTFUL_INTERACTION, "code": record.subtype,
                                      "display": INTERACTIONS.get(record.subtype, ("", record.subtype))[1]}]
         event["action"] = record.action
-        event["period"] = {"start": instant(record.start), "end": instant(record.end)}
-        event["recorded"] = instant(record.end)
+        end = instant(record.end)
+        event["period"] = {"start": instant(record.start), "end": end}
+        event["recorded"] = end
         event["outcome"] = outcome_code(record.status)
         desc = f"HTTP {record.status}"
         if record.outcome_text:
