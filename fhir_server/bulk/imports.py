@@ -219,21 +219,24 @@ class Importer:
 
     def _chunks(self, path: Path, counts: dict, expected_type: str | None
                 ) -> Iterator[tuple[tuple[int, list[Entry]], list[Entry]]]:
-        """((bytes read after the chunk, its entries), its entries) for the chunks of an input file, in order."""
+        """((bytes read after the chunk, its entries), its entries) for the chunks of an input file, in order.
+        The entries go to the worker processes as their lines (:class:`_Lines`)."""
         batch: list[Entry] = []
+        lines: list[bytes] = []
         position = 0
         for line_number, position, line in _lines(path):
             counts["lines"] += 1
             batch.append(self._entry(line_number, line, expected_type))
+            lines.append(line)
             if len(batch) >= self.chunk:
                 hints = Hints()
                 batch = self._recognise_same(batch, hints)
-                yield (position, batch, hints), batch
-                batch = []
+                yield (position, batch, hints), _Lines(batch, lines)
+                batch, lines = [], []
         if batch:
             hints = Hints()
             batch = self._recognise_same(batch, hints)
-            yield (position, batch, hints), batch
+            yield (position, batch, hints), _Lines(batch, lines)
 
     def _entry(self, line_number: int, line: bytes, expected_type: str | None) -> Entry:
         """The checks of a line that need neither validation nor the store."""
@@ -609,6 +612,25 @@ def _renew_locks(root: Any, depth: int = 6) -> int:
                     following.append(value)  # not into Conditions and Events: they bind their lock's methods
         level = following
     return renewed
+
+
+class _Lines(list):
+    """A chunk's entries, sent to a worker process as the lines to prepare (bytes: nothing to pickle, the worker
+    parses them) rather than as parsed resources; the entries the worker answers without a payload (see
+    :func:`_worker_prepare`) go without theirs."""
+
+    def __init__(self, entries: list[Entry], lines: list[bytes]):
+        super().__init__(entries)
+        self.lines = lines
+
+    def __reduce__(self) -> tuple:
+        return _parsed, ([(number, kind, line if kind == "prepare" else payload if kind == "early" else None)
+                          for (number, kind, payload), line in zip(self, self.lines)],)
+
+
+def _parsed(sent: list[Entry]) -> list[Entry]:
+    """In a worker: the entries of a :class:`_Lines` (lines to prepare parsed again, as this process did)."""
+    return [(number, kind, jsonio.loads(payload) if kind == "prepare" else payload) for number, kind, payload in sent]
 
 
 def _reattached(ready: list[Entry], sent: list[Entry]) -> list[Entry]:

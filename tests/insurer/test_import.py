@@ -180,3 +180,19 @@ def test_identifiers_with_characters_of_the_criteria_syntax_match_their_own_item
     manifest = finish(feed, kick_off(feed, ndjson(*items, care_item("a,1"))))
     summary = download(feed, manifest["output"][0]["url"])[0]["issue"][0]["diagnostics"]
     assert "5 lines, 0 created, 1 updated, 4 unchanged" in summary and manifest["error"] == []
+
+
+def test_a_chunk_goes_to_the_workers_as_its_lines():
+    import pickle
+
+    from fhir_server.bulk.imports import _Lines
+    from fhir_server.model import jsonio
+    lines = [json.dumps(care_item("a1")).encode() + b"\n", b"{not json\n", json.dumps(care_item("a2")).encode(),
+             json.dumps(PATIENTS[0]).encode()]
+    entries = [(1, "prepare", jsonio.loads(lines[0])), (2, "early", (400, ["not valid JSON"])),
+               (3, "same", jsonio.loads(lines[2])), (4, "inline", jsonio.loads(lines[3]))]
+    chunk = _Lines(entries, lines)
+    assert list(chunk) == entries
+    sent = pickle.dumps(chunk)
+    assert len(sent) < len(pickle.dumps(entries))
+    assert pickle.loads(sent) == [entries[0], entries[1], (3, "same", None), (4, "inline", None)]
