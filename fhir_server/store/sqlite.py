@@ -237,26 +237,30 @@ class SQLiteTransaction(Transaction):
         if expected_version is not None and (rpk is None or version != expected_version):
             raise VersionConflict(f"{resource.type}/{resource.id} is at version "
                                   f"{version if rpk is not None else 'none'}, not {expected_version}")
+        lu = _lu(resource.last_updated)
         if rpk is not None and rpk in self._indexed:  # written earlier in this transaction: its rows go first
             self.flush()
         if not self._next_vrow:
             self._next_ids()
+        created = rpk is None
+        if created:
+            rpk = self._next_rpk
+        new_rows = list(_index_rows(rpk, resource.type, index)) if index is not None and not resource.deleted else ()
+        # nothing can fail from here on: the write is buffered whole or not at all
         vrow = self._next_vrow
         self._next_vrow += 1
-        lu = _lu(resource.last_updated)
         deleted = int(resource.deleted)
         self._versions.append((vrow, resource.type, resource.id, resource.version, resource.last_updated, lu, deleted,
                                resource.method, resource.body))
-        if rpk is None:
-            rpk = self._next_rpk
+        if created:
             self._next_rpk += 1
             self._created.append((rpk, resource.type, resource.id, resource.version, lu, deleted, vrow))
         else:
             self._changed.append((resource.version, lu, deleted, vrow, rpk))
             self._dropped.append((rpk,))
-        if index is not None and not resource.deleted:
+        if new_rows:
             rows = self._rows
-            for table, new in _index_rows(rpk, resource.type, index):
+            for table, new in new_rows:
                 pending = rows.get(table)
                 if pending is None:
                     rows[table] = new
@@ -276,10 +280,6 @@ class SQLiteTransaction(Transaction):
         conn = self.conn
         self._next_vrow = (conn.execute("SELECT max(vrow) FROM versions").fetchone()[0] or 0) + 1
         self._next_rpk = (conn.execute("SELECT max(rpk) FROM resources").fetchone()[0] or 0) + 1
-
-    @property
-    def dirty(self) -> bool:
-        return bool(self._versions)
 
     def flush(self) -> None:
         """Write what is buffered (the statements every ``put`` would have made, in bulk)."""

@@ -97,3 +97,14 @@ def test_the_fast_last_updated_parse_agrees_with_parse_range():
                 "2026-01-01T00:00:00.0000٣٤Z"):
         with pytest.raises(ValueError):
             _lu(bad)
+
+
+def test_a_refused_put_buffers_nothing(sqlite_store):
+    store = sqlite_store
+    with store.transaction() as tx:
+        tx.put(version("a", 1), entries("f"), expected_version=None)
+        with pytest.raises(ValueError):
+            tx.put(version("b", 1, when="not a date"), entries("f"), expected_version=None)
+        tx.put(version("c", 1), entries("f"), expected_version=None)
+    assert store.read("Patient", "b") is None and store.count(FEMALE) == 2
+    assert [v.id for v in store.history("Patient", count=5).entries] == ["c", "a"]
