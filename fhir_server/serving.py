@@ -21,7 +21,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 2  # processes: one per core is what a CPU-bound Python server can use
-    threads: int = 8  # WSGI threads per process: requests waiting on the write lock or the disk let others run
+    threads: int = 2  # WSGI threads per process: a request waiting on the write lock or the disk lets another run
     access_log: bool = False
 
 
