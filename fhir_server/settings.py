@@ -24,8 +24,8 @@ class Settings:
     # traceability (fhir_server.audit, docs/adr/0008): every access becomes an AuditEvent, written in the
     # background in batches; off only to measure its cost (FHIR_SERVER_AUDIT=0)
     audit: bool = True
-    audit_queue: int = 10_000  # traces waiting to be written; a full queue makes requests wait, never drops
-    audit_batch: int = 500  # traces written per store transaction at most
+    audit_queue: int = 1_000  # traces waiting to be written; a full queue makes requests wait, never drops
+    audit_batch: int = 100  # traces written per store transaction at most (a commit waited for is short)
     # what a write that misses a required or claimed profile does: "enforce" refuses it (422), "warn" stores
     # it and returns the problems as warnings (fhir_server.validation.enforcement)
     profile_mode: str = "warn"

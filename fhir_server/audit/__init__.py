@@ -27,7 +27,7 @@ __all__ = ["Auditor", "AuditRecord", "Item", "install", "check_client_create", "
 class Auditor:
     """Builds and writes the traces of one server; ``enabled`` is ``Settings.audit``."""
 
-    def __init__(self, server: Any, *, enabled: bool = True, max_queue: int = 10_000, max_batch: int = 500,
+    def __init__(self, server: Any, *, enabled: bool = True, max_queue: int = 1_000, max_batch: int = 100,
                  linger: float = 0.1):
         from fhir_server.audit.builder import AuditEventBuilder
         from fhir_server.audit.writer import AuditWriter, StoreBatchWriter
@@ -51,8 +51,8 @@ def install(app: Any, server: Any) -> Auditor:
     from fhir_server.audit.auth_events import before_auth_request
     settings = server.settings
     auditor = Auditor(server, enabled=getattr(settings, "audit", True),
-                      max_queue=getattr(settings, "audit_queue", 10_000),
-                      max_batch=getattr(settings, "audit_batch", 500))
+                      max_queue=getattr(settings, "audit_queue", 1_000),
+                      max_batch=getattr(settings, "audit_batch", 100))
     app.extensions["fhir_audit"] = auditor
     server.audit = auditor
     funcs = app.before_request_funcs.setdefault(None, [])

@@ -9,9 +9,10 @@ batches also form while the previous one commits; when idle the thread waits for
 ``idle_exit`` seconds without any (it is started again by the next record), so short-lived applications
 (tests, CLI commands) leave no thread behind.
 
-Durability: a record is in memory until its batch commits; a crash loses what is queued (normally the last
-few milliseconds of traces). Shutdown (``atexit``) and :meth:`flush` drain the queue. A full queue makes
-the submitting request wait for room (back-pressure): traces are never dropped to keep a request fast.
+Durability: a record is in memory until its batch commits; a crash loses what is queued (at most
+``max_queue`` traces per process, normally those of the last few milliseconds). Shutdown (``atexit``) and
+:meth:`flush` drain the queue. A full queue makes the submitting request wait for room (back-pressure):
+traces are never dropped to keep a request fast, and a server never answers faster than it traces.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ atexit.register(flush_all)
 class AuditWriter:
     """A bounded queue drained by one background thread writing batches, one transaction each."""
 
-    def __init__(self, write_batch: Callable[[list], None], *, max_queue: int = 10_000, max_batch: int = 500,
+    def __init__(self, write_batch: Callable[[list], None], *, max_queue: int = 1_000, max_batch: int = 100,
                  linger: float = 0.1, idle_exit: float = 2.0):
         self.write_batch = write_batch
         self.max_queue = max(1, max_queue)
@@ -180,5 +181,6 @@ class StoreBatchWriter:
             now = stamped["meta"]["lastUpdated"]
             rows.append((StoredResource("AuditEvent", stamped["id"], 1, now, False, jsonio.dumps(stamped), "POST"),
                          self.indexer.index(stamped), None))
-        with self.server.store.transaction() as tx:
-            tx.put_many(rows)  # creates: in bulk (one statement per table on SQLite, insert_many on MongoDB)
+        # through the store's group commit, with this process's other writers: a trace batch and the requests'
+        # creates share commits and queue for the write lock instead of polling SQLite for it
+        self.server.store.atomically(lambda tx: tx.put_many(rows))  # creates in bulk (one statement per table)

@@ -146,7 +146,7 @@ def registry_fingerprint(registry) -> str:
 
 def _start_worker(make_server: Callable[[], Any]) -> None:
     global _worker
-    # a worker forked from a server process inherits its signal handlers (gunicorn's SIGTERM only sets a
+    # a worker forked from a server process inherits its signal handlers (the HTTP server's may only set a
     # flag): back to the defaults, so that the pool's terminate() ends it; interrupts are the parent's to handle
     for name in ("SIGTERM", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGABRT"):
         if hasattr(signal, name):

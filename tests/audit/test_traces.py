@@ -266,9 +266,10 @@ def test_a_store_failure_loses_traces_but_never_a_response(record, monkeypatch):
     auditor = record.app.extensions["fhir_audit"]
     store = record.app.extensions["fhir"].store
 
-    def broken():
+    def broken(*args):
         raise RuntimeError("disk full")
     monkeypatch.setattr(store, "transaction", broken)
+    monkeypatch.setattr(store, "atomically", broken)
     assert record.get("/fhir/Observation/oa1", practitioner(record)).status_code == 200
     assert auditor.flush(10)
     assert auditor.writer.failed >= 1
@@ -311,3 +312,30 @@ def test_a_bulk_export_kick_off_and_its_file_downloads_are_traced(record, tmp_pa
     assert base64.b64decode(query["query"]).decode() == "_type=Patient,Observation"
     downloaded = [x["what"]["identifier"]["value"] for e in events[2:] for x in e["entity"] if "role" in x and code(x["role"]) == "3"]
     assert downloaded == files
+
+
+def test_a_request_finding_the_trace_queue_full_waits_for_room_and_nothing_is_dropped():
+    import threading
+
+    from fhir_server.audit.writer import AuditWriter
+    started, release = threading.Event(), threading.Event()
+    written: list[str] = []
+
+    def write_batch(batch: list) -> None:
+        started.set()
+        release.wait(10)  # a slow commit (or a writer thread starved of the GIL)
+        written.extend(batch)
+
+    writer = AuditWriter(write_batch, max_queue=2, max_batch=1, linger=0)
+    writer.submit("r0")
+    assert started.wait(10)  # r0 is being written
+    writer.submit("r1")
+    writer.submit("r2")  # the queue is full now
+    third = threading.Thread(target=writer.submit, args=("r3",))
+    third.start()
+    third.join(0.3)
+    assert third.is_alive() and writer.queued == 3  # the request waits; the queue holds its bound
+    release.set()
+    third.join(10)
+    assert not third.is_alive()
+    assert writer.flush(10) and written == ["r0", "r1", "r2", "r3"]
