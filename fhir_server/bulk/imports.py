@@ -59,7 +59,7 @@ from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 
 from fhir_server.access.gate import Principal
@@ -698,18 +698,19 @@ def _escape(value: str) -> str:
 
 
 def _criteria(values: list[str]) -> str:
-    """The conditional criteria matching the care items of these insurer identifiers."""
-    return "identifier=" + ",".join(f"{INSURER_SYSTEM}|{_escape(v)}" for v in values)
+    """The conditional criteria matching the care items of these insurer identifiers: each value escaped for the
+    search syntax (``, | $ \\``), then percent-encoded for the query string, so that ``+ % & ? #`` in an
+    identifier stay themselves."""
+    return "identifier=" + ",".join(quote(f"{INSURER_SYSTEM}|{_escape(v)}", safe=":/|,\\$") for v in values)
 
 
-_TEXT_ONLY = ("+", "%", "&", "?")  # what the criteria text would not carry as such (URL decoding, its "?" and "&")
 _templates: dict[int, tuple[Any, Any, Any]] = {}  # id(parser) -> (parser, registry version, identifier clause)
 
 
 def identifier_query(parser: Any, values: Iterable[str]) -> Query:
     """``parser.criteria(EOB, _criteria(values))``, without parsing a clause of every value: the identifier
     clause is parsed once per search parameter registry, for one value, and given these values (the query is
-    equal to the parsed one). Values the criteria text would not carry as they are take the text's way."""
+    equal to the parsed one)."""
     values = list(values)
     version = parser.registry.version
     cached = _templates.get(id(parser))
@@ -721,7 +722,7 @@ def identifier_query(parser: Any, values: Iterable[str]) -> Query:
             clause = None
         _templates[id(parser)] = cached = (parser, version, clause)
     clause = cached[2]
-    if clause is None or not values or any(c in value for value in values for c in _TEXT_ONLY):
+    if clause is None or not values:
         return parser.criteria(EOB, _criteria(values))
     return Query(types=(EOB,), clauses=[replace(clause, values=tuple(TokenValue(INSURER_SYSTEM, value, True)
                                                                       for value in values))])

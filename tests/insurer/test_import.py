@@ -167,19 +167,21 @@ def test_the_identifier_query_is_the_one_the_criteria_parse_to(feed):
         except FHIRError as exc:
             return exc.status, [i.diagnostics for i in exc.issues]
     for values in (["a1"], ["8-0-1", "8-0-2", "x"], ["a,b", "c|d", "e\\f", "g$h", "ünï", " sp ace "],
-                   ["a+b"], ["100%"], ["x&identifier=y"], ["what?"], ["a1", "b+c"]):
+                   ["a+b"], ["100%"], ["x&identifier=y"], ["what?"], ["a#b"], ["a1", "b+c"]):
         assert outcome(lambda v: identifier_query(parser, v), values) == \
             outcome(lambda v: parser.criteria("ExplanationOfBenefit", _criteria(v)), values), values
 
 
 def test_identifiers_with_characters_of_the_criteria_syntax_match_their_own_item(feed):
-    odd = ["a,1", "b|2", "c\\3", "d$4"]
+    # the search syntax's , | \ $ and the query string's + % & ? #: each identifier still finds its own item
+    odd = ["a,1", "b|2", "c\\3", "d$4", "e+5", "f%6", "g&identifier=7", "h?8", "i#9"]
     items = [care_item(value) for value in odd]
     finish(feed, kick_off(feed, ndjson(*items)))
     items[1] = care_item("b|2", code="VG")
+    items[4] = care_item("e+5", code="VG")
     manifest = finish(feed, kick_off(feed, ndjson(*items, care_item("a,1"))))
     summary = download(feed, manifest["output"][0]["url"])[0]["issue"][0]["diagnostics"]
-    assert "5 lines, 0 created, 1 updated, 4 unchanged" in summary and manifest["error"] == []
+    assert "10 lines, 0 created, 2 updated, 8 unchanged" in summary and manifest["error"] == []
 
 
 def test_a_chunk_goes_to_the_workers_as_its_lines():
