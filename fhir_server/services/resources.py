@@ -157,7 +157,8 @@ class ResourceService:
         meta["versionId"] = str(version)
         meta["lastUpdated"] = now
         out = {"resourceType": resource["resourceType"], "id": rid, "meta": meta}
-        out.update((k, v) for k, v in resource.items() if k not in out)
+        out.update(resource)  # the first three keep their place and get their values back below
+        out["id"] = rid
         out["meta"] = meta
         return out
 
