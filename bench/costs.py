@@ -63,6 +63,8 @@ def environ(method: str, path: str, body: dict | None = None) -> dict:
 def call(app: Any, env: dict) -> tuple[str, bytes]:
     status: list[str] = []
     body = b"".join(app(dict(env), lambda s, h, e=None: status.append(s)))
+    if not status[0].startswith("2"):  # a figure for a refused request would measure the wrong path
+        raise RuntimeError(f"{env['REQUEST_METHOD']} {env['PATH_INFO']} -> {status[0]}: {body[:300]!r}")
     return status[0], body
 
 
