@@ -10,8 +10,9 @@ of the calling thread (``time.thread_time``):
 1. create (validated POST of a Patient, then of Observations), untraced: the whole WSGI call, and inside
    it the service's validation, index extraction and store transaction (one commit per create);
 2. read by id, untraced: the whole WSGI call;
-3. traces: the writer's work per trace (build the AuditEvent, index it, store it) for batches of 1 to 100
-   traces per transaction, as the writer thread forms them (few under light load, 100 under heavy load);
+3. traces: the request thread's share (build the AuditEvent, stamp, serialise and index it) and the writer
+   thread's (store it) for batches of 1 to 500 traces per transaction, as the writer thread forms them (few
+   under light load, up to 500 under heavy load);
 4. the store alone: one transaction writing one small resource, and its COMMIT.
 
 Each figure is the median of ``--repeat`` runs. CPU of the calling thread only: the trace writer's own
@@ -124,7 +125,8 @@ def create_and_read(count: int, seed: int) -> dict[str, float]:
 
 
 def traces(count: int, seed: int, batches: tuple[int, ...]) -> dict[str, float]:
-    """The trace writer's CPU per trace of a read, for several batch sizes."""
+    """A read's trace: its building in the request thread, then the writer's CPU per trace for several batch
+    sizes."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as directory:
         app = make_app(directory, audit=True)
@@ -136,12 +138,15 @@ def traces(count: int, seed: int, batches: tuple[int, ...]) -> dict[str, float]:
         auditor.writer.submit = records.append  # capture the records instead of queueing them
         for _ in range(count * len(batches)):
             call(app, environ("GET", f"/fhir/Patient/{rng.choice(ids)}"))
-        write = auditor.writer.write_batch
-        write(records[:10])  # warm-up
+        prepare, write = auditor.writer.prepare, auditor.writer.write_batch
+        write([prepare(r) for r in records[:10]])  # warm-up
         out = {}
+        rows = []
+        out["trace: build and index (request thread)"] = per_item_ms(
+            lambda: rows.extend(prepare(r) for r in records), len(records))
         for n, size in enumerate(batches):
-            mine = records[n * count:(n + 1) * count]
-            out[f"trace, batches of {size}"] = per_item_ms(
+            mine = rows[n * count:(n + 1) * count]
+            out[f"trace: store, batches of {size}"] = per_item_ms(
                 lambda: [write(mine[k:k + size]) for k in range(0, len(mine), size)], len(mine))
     return out
 
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[float]] = {}
     for run in range(args.repeat):
         for part in (create_and_read(args.count, args.seed + run),
-                     traces(args.count, args.seed + run, (1, 5, 20, 100)),
+                     traces(args.count, args.seed + run, (1, 5, 20, 100, 500)),
                      store_alone(args.count)):
             for label, value in part.items():
                 rows.setdefault(label, []).append(value)

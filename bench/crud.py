@@ -335,6 +335,7 @@ class PhaseResult:
     client_cpu: float = 0.0  # CPU seconds used by the load generator during the phase
     other_cpu: float = 0.0  # CPU seconds used by everything else on the machine during the phase
     worker_share: float = 0.0  # the busiest worker process's share of the workers' CPU
+    drain: float = 0.0  # seconds the server stayed busy after the last answer (writing the phase's traces)
     responses: list[tuple[Request, int, bytes]] = field(default_factory=list)  # kept only when asked
 
     @property
@@ -393,6 +394,31 @@ def worker_share(pgid: int, before: dict[int, float], after: dict[int, float]) -
     used = {pid: after[pid] - before.get(pid, 0.0) for pid in after if pid != pgid}
     total = sum(used.values())
     return max(used.values()) / total if total > 0 else 0.0
+
+
+def settle(pgid: int, result: PhaseResult, window: float = 0.2, idle_cores: float = 0.1,
+           max_wait: float = 60.0) -> None:
+    """Count in ``result`` the time and CPU the server spends after the last answer until it is idle.
+
+    Every request is traced, and traces are written asynchronously (a queue per worker process): when the
+    clients stop, the server may still be writing the traces of the last requests. A throughput that
+    stopped the clock at the last answer would count work not yet done; this adds the drain to the
+    phase's elapsed time and server CPU, so that requests/s and CPU per request include every trace."""
+    started = time.perf_counter()
+    before = server_cpu_seconds(pgid)
+    last = before
+    while time.perf_counter() - started < max_wait:
+        time.sleep(window)
+        now = server_cpu_seconds(pgid)
+        if (now - last) / window < idle_cores:
+            break
+        last = now
+    else:
+        last = server_cpu_seconds(pgid)
+    # the last (idle) window is not part of the drain
+    result.drain = max(0.0, time.perf_counter() - started - window)
+    result.elapsed += result.drain
+    result.server_cpu += last - before
 
 
 def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
@@ -495,6 +521,7 @@ def run_phase(name: str, port: int, pgid: int, clients: int, *, jobs: list[Reque
     result.client_cpu = own_cpu_seconds() - client0
     result.other_cpu = max(0.0, machine_busy_seconds() - busy0 - result.server_cpu - result.client_cpu)
     result.requests = sum(result.statuses.values())
+    settle(pgid, result)
     if jobs is not None and result.requests < len(jobs):
         result.failures.append(f"only {result.requests} of {len(jobs)} requests were sent before the "
                                f"{timeout:.0f} s limit")
@@ -578,6 +605,7 @@ def run_wrk(wrk: str, port: int, pgid: int, clients: int, threads: int, duration
     result.failures = [f"GET (random id) -> HTTP {l[len('WRKBAD '):]}" for l in done.stdout.splitlines()
                        if l.startswith("WRKBAD ")][:MAX_EXAMPLES]
     result.wrk_pcts = {q: data[f"p{q}"] / 1000 for q in (50, 95, 99)}  # type: ignore[attr-defined]
+    settle(pgid, result)
     return result
 
 
@@ -825,6 +853,7 @@ def merge(name: str, parts: list[PhaseResult]) -> PhaseResult:
         out.requests += part.requests
         out.ok += part.ok
         out.elapsed += part.elapsed
+        out.drain += part.drain
         out.latencies_ms += part.latencies_ms
         for tag, values in part.by_tag.items():
             out.by_tag.setdefault(tag, []).extend(values)
@@ -903,6 +932,7 @@ def summarize(rounds: list[Round], phase: str) -> dict | None:
         "client_cores": statistics.median(p.client_cpu / p.elapsed for p in parts if p.elapsed),
         "other_cores": statistics.median(p.other_cpu / p.elapsed for p in parts if p.elapsed),
         "server_ms": statistics.median(p.server_cpu / p.requests * 1000 for p in parts if p.requests),
+        "drain": statistics.median(p.drain for p in parts),
         "statuses": {k: sum(p.statuses.get(k, 0) for p in parts) for p in parts for k in p.statuses},
         "failures": [f for p in parts for f in p.failures][:MAX_EXAMPLES],
     }
@@ -914,8 +944,8 @@ PHASES = [("create", "create (validated POST)"), ("read", "read by id (GET)"), (
 
 def markdown_table(rounds: list[Round], args) -> str:
     lines = ["| phase | client | requests/round | non-2xx | throughput (req/s) | p50 ms | p95 ms | p99 ms | "
-             "per round (req/s) | server CPU per request (ms) | CPU cores: server / client / other |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+             "per round (req/s) | drain (s) | server CPU per request (ms) | CPU cores: server / client / other |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for key, label in PHASES:
         s = summarize(rounds, key)
         if s is None:
@@ -923,7 +953,7 @@ def markdown_table(rounds: list[Round], args) -> str:
         client = s["client"] + (f", {args.duration:g} s" if key in ("read", "wrk") else "")
         lines.append(f"| {label} | {client} | {s['requests']:,.0f} | {s['errors']} | **{s['rps']:,.0f}** | "
                      f"{s['pcts'][50]:.1f} | {s['pcts'][95]:.1f} | {s['pcts'][99]:.1f} | "
-                     f"{', '.join(f'{v:,.0f}' for v in s['rounds'])} | {s['server_ms']:.2f} | "
+                     f"{', '.join(f'{v:,.0f}' for v in s['rounds'])} | {s['drain']:.2f} | {s['server_ms']:.2f} | "
                      f"{s['server_cores']:.2f} / {s['client_cores']:.2f} / {s['other_cores']:.2f} |")
     return "\n".join(lines)
 
@@ -1000,7 +1030,10 @@ def report(rounds: list[Round], args, facts: dict[str, str], command: str, start
              f"rest, referencing those patients), reads random ids for {args.duration:g} s after a "
              f"{args.warmup:g} s warm-up, then updates {args.updates:,} random resources with `If-Match`. "
              f"Figures are medians over the rounds; latency is per request as seen by the client; "
-             f"throughput counts 2xx answers only. "
+             f"throughput counts 2xx answers only, over the phase **and its drain**: every request is traced, "
+             f"and the traces are written by a background thread per worker, so when the clients stop the "
+             f"server may still be writing the last ones; the clock runs until the server is idle again "
+             f"(column *drain*), and the server CPU per request includes that work. "
              f"**The load generator shares the {os.cpu_count()} cores with the server**: the last column shows "
              f"how many cores each used on average (server = granian master and workers, client = this "
              f"script or wrk, other = the rest of the machine, from /proc/stat). Before each phase the script waits up to "

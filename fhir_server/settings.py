@@ -25,7 +25,7 @@ class Settings:
     # background in batches; off only to measure its cost (FHIR_SERVER_AUDIT=0)
     audit: bool = True
     audit_queue: int = 1_000  # traces waiting to be written; a full queue makes requests wait, never drops
-    audit_batch: int = 100  # traces written per store transaction at most (a commit waited for is short)
+    audit_batch: int = 500  # traces written per store transaction at most (a commit waited for is short)
     # what a write that misses a required or claimed profile does: "enforce" refuses it (422), "warn" stores
     # it and returns the problems as warnings (fhir_server.validation.enforcement)
     profile_mode: str = "warn"

@@ -27,13 +27,14 @@ __all__ = ["Auditor", "AuditRecord", "Item", "install", "check_client_create", "
 class Auditor:
     """Builds and writes the traces of one server; ``enabled`` is ``Settings.audit``."""
 
-    def __init__(self, server: Any, *, enabled: bool = True, max_queue: int = 1_000, max_batch: int = 100,
+    def __init__(self, server: Any, *, enabled: bool = True, max_queue: int = 1_000, max_batch: int = 500,
                  linger: float = 0.1):
         from fhir_server.audit.builder import AuditEventBuilder
         from fhir_server.audit.writer import AuditWriter, StoreBatchWriter
         self.enabled = enabled
         self.builder = AuditEventBuilder(server)
-        self.writer = AuditWriter(StoreBatchWriter(server, self.builder.build), max_queue=max_queue,
+        store_writer = StoreBatchWriter(server, self.builder.build)
+        self.writer = AuditWriter(store_writer, prepare=store_writer.prepare, max_queue=max_queue,
                                   max_batch=max_batch, linger=linger)
 
     def record(self, record: AuditRecord) -> None:
@@ -52,7 +53,7 @@ def install(app: Any, server: Any) -> Auditor:
     settings = server.settings
     auditor = Auditor(server, enabled=getattr(settings, "audit", True),
                       max_queue=getattr(settings, "audit_queue", 1_000),
-                      max_batch=getattr(settings, "audit_batch", 100))
+                      max_batch=getattr(settings, "audit_batch", 500))
     app.extensions["fhir_audit"] = auditor
     server.audit = auditor
     funcs = app.before_request_funcs.setdefault(None, [])

@@ -1,13 +1,21 @@
 """The asynchronous, batched trace writer (docs/adr/0008-traceability.md).
 
 Requests hand their :class:`~fhir_server.audit.model.AuditRecord` to :meth:`AuditWriter.submit`, which
-only appends it to a bounded queue. One background thread per process takes whatever is queued (up to
-``max_batch``, after letting the first record wait ``linger`` seconds for company), builds the
-AuditEvents and writes them in ONE store transaction through the server-side write path (stamped,
-indexed, no gate: traces are the server's own): one commit and one fsync for a batch. Under load,
-batches also form while the previous one commits; when idle the thread waits for the next record, and exits after
+turns it into what the store writes (:meth:`StoreBatchWriter.prepare`: the AuditEvent built, stamped,
+serialised and indexed, in the request's own thread) and appends that to a bounded queue. One background
+thread per process takes whatever is queued (up to ``max_batch``, after letting the first record wait
+``linger`` seconds for company) and writes it in ONE store transaction through the server-side write path
+(no gate: traces are the server's own): one commit and one fsync for a batch. Under load, batches also form
+while the previous one commits; when idle the thread waits for the next record, and exits after
 ``idle_exit`` seconds without any (it is started again by the next record), so short-lived applications
 (tests, CLI commands) leave no thread behind.
+
+Why the request builds its trace: the building is pure Python. Done by the writer thread, a batch of
+traces held the interpreter lock for long stretches while the request threads of the process waited for
+it (each return from I/O waits up to the interpreter's switch interval, 5 ms), and a writer that gave the
+lock away after each trace was itself starved, let the queue fill and blocked the requests. In the request
+it costs each request its own share (~0.1 ms), and the writer thread is left with the store's work, most
+of which SQLite does without the interpreter lock.
 
 Durability: a record is in memory until its batch commits; a crash loses what is queued (at most
 ``max_queue`` traces per process, normally those of the last few milliseconds). Shutdown (``atexit``) and
@@ -49,9 +57,10 @@ atexit.register(flush_all)
 class AuditWriter:
     """A bounded queue drained by one background thread writing batches, one transaction each."""
 
-    def __init__(self, write_batch: Callable[[list], None], *, max_queue: int = 1_000, max_batch: int = 100,
-                 linger: float = 0.1, idle_exit: float = 2.0):
+    def __init__(self, write_batch: Callable[[list], None], *, prepare: Callable[[Any], Any] | None = None,
+                 max_queue: int = 1_000, max_batch: int = 500, linger: float = 0.1, idle_exit: float = 2.0):
         self.write_batch = write_batch
+        self.prepare = prepare  # run by the submitting thread: what ``write_batch`` gets for a record
         self.max_queue = max(1, max_queue)
         self.max_batch = max(1, max_batch)
         self.linger = linger  # seconds a first record waits for others to share its transaction (and fsync)
@@ -76,9 +85,18 @@ class AuditWriter:
 
     # -- the request side ----------------------------------------------------------------------
     def submit(self, record: Any) -> None:
-        """Queue one record; returns at once unless the queue is full (then waits for room)."""
+        """Prepare one record (``prepare``) and queue it; returns at once unless the queue is full (then waits
+        for room). A record that cannot be prepared is logged and counted as failed, never raised."""
         if self._pid != os.getpid():  # forked (gunicorn worker): the parent's queue and thread are not ours
             self._reset()
+        if self.prepare is not None:
+            try:
+                record = self.prepare(record)
+            except Exception:  # one odd record must not fail its request
+                log.exception("a trace could not be built")
+                with self._lock:
+                    self.failed += 1
+                return
         with self._lock:
             while len(self._queue) >= self.max_queue:
                 self._ensure_thread()
@@ -150,8 +168,9 @@ class AuditWriter:
 
 
 class StoreBatchWriter:
-    """Writes a batch of records as AuditEvents in one store transaction (the server-side write path:
-    ``meta`` stamped as any version, index extracted, no gate and no client-facing checks)."""
+    """AuditEvents through the server-side write path (``meta`` stamped as any version, index extracted, no
+    gate and no client-facing checks): :meth:`prepare` makes a record the row to store, in the request's
+    thread; a call writes a batch of rows in one store transaction."""
 
     def __init__(self, server: Any, build: Callable[[Any], dict]):
         from fhir_server.audit.index import TraceIndexer, probe_records
@@ -163,24 +182,13 @@ class StoreBatchWriter:
     def _stamped(self, event: dict, rid: str) -> dict:
         return self.server.resources.stamp(event, rid, 1, self.server.resources.clock())
 
-    def __call__(self, records: list) -> None:
-        events = []
-        for record in records:
-            # give the GIL away between two traces: a request thread waiting on it would otherwise wait for the
-            # interpreter's switch interval (5 ms) each time it comes back from I/O, and its latency explode
-            time.sleep(0)
-            try:
-                events.append(self.build(record))
-            except Exception:  # one odd record must not lose the others
-                log.exception("a trace could not be built")
-        if not events:
-            return
-        rows = []
-        for event in events:  # everything but the store's own work happens before its write lock is taken
-            stamped = self._stamped(event, str(uuid.uuid4()))
-            now = stamped["meta"]["lastUpdated"]
-            rows.append((StoredResource("AuditEvent", stamped["id"], 1, now, False, jsonio.dumps(stamped), "POST"),
-                         self.indexer.index(stamped), None))
-        # through the store's group commit, with this process's other writers: a trace batch and the requests'
-        # creates share commits and queue for the write lock instead of polling SQLite for it
+    def prepare(self, record: Any) -> tuple[StoredResource, Any, None]:
+        """The AuditEvent of ``record`` as the store writes it: (version, index entries, expected version)."""
+        stamped = self._stamped(self.build(record), str(uuid.uuid4()))
+        return (StoredResource("AuditEvent", stamped["id"], 1, stamped["meta"]["lastUpdated"], False,
+                               jsonio.dumps(stamped), "POST"), self.indexer.index(stamped), None)
+
+    def __call__(self, rows: list) -> None:
+        """Write prepared rows; through the store's group commit, with this process's other writers: a trace
+        batch and the requests' creates share commits and queue for the write lock instead of polling SQLite."""
         self.server.store.atomically(lambda tx: tx.put_many(rows))  # creates in bulk (one statement per table)

@@ -20,8 +20,9 @@ after the COMMIT covering its write returned. Writer processes take an exclusive
 ``flock`` on ``<db>.write-lock`` around their write transactions, so a process
 waiting for another's commit is woken by the kernel when it ends instead of polling
 in SQLite's busy handler (sleeps of 1, 2, 5, 10... ms). Inside a transaction the writes are
-buffered and made in bulk, one ``executemany`` per table, before anything reads on the connection
-and before the commit (:class:`SQLiteTransaction`): a bulk load's chunk pays each statement once.
+buffered and made in bulk, one multi-row ``INSERT`` per table (:func:`insert_rows`), before
+anything reads on the connection and before the commit (:class:`SQLiteTransaction`): a bulk
+load's chunk pays each statement once.
 """
 from __future__ import annotations
 
@@ -165,12 +166,36 @@ INSERT_INDEX = {"idx_token": "INSERT INTO idx_token VALUES (?,?,?,?,?,?)",
                 "idx_uri": "INSERT INTO idx_uri VALUES (?,?,?,?)",
                 "idx_composite": "INSERT INTO idx_composite VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"}
 DELETE_INDEX = {table: f"DELETE FROM {table} WHERE rpk=?" for table in INDEX_TABLES}
+INSERT_VERSIONS = ("INSERT INTO versions (vrow, type, id, version, last_updated, lu, deleted, method, body)"
+                   " VALUES (?,?,?,?,?,?,?,?,?)")
+INSERT_RESOURCES = "INSERT INTO resources (rpk, type, id, version, lu, deleted, vrow) VALUES (?,?,?,?,?,?,?)"
+MAX_VARIABLES = 32766  # SQLite's limit on the parameters of one statement (since 3.32)
+
+
+def insert_rows(conn: sqlite3.Connection, insert: str, rows: list[tuple]) -> None:
+    """``insert`` (an ``INSERT ... VALUES (?,...)`` of one row) for every row of ``rows``, as few statements
+    of many rows each (``VALUES (...), (...), ...``).
+
+    Why not ``executemany``: it steps the statement once per row, and the sqlite3 module gives the interpreter
+    lock away around every step; a thread writing a batch while other threads of its process run Python then
+    waits for the lock again after each row (up to the switch interval, 5 ms). One statement of many rows is
+    one step: the whole insertion runs without the interpreter lock, and pays the statement machinery once."""
+    if not rows:
+        return
+    if len(rows) == 1:
+        conn.execute(insert, rows[0])
+        return
+    head, _, values = insert.partition(" VALUES ")
+    step = MAX_VARIABLES // len(rows[0])
+    for start in range(0, len(rows), step):
+        chunk = rows[start:start + step]
+        conn.execute(f"{head} VALUES {','.join([values] * len(chunk))}", [v for row in chunk for v in row])
 _CURRENT_WITH_RPK = ("SELECT r.rpk, v.type, v.id, v.version, v.last_updated, v.deleted, v.method, v.body"
                      " FROM resources r JOIN versions v ON v.vrow = r.vrow WHERE r.type=? AND r.id=?")
 
 
 class SQLiteTransaction(Transaction):
-    """Writes are buffered and written in bulk (one ``executemany`` per table) when the transaction, or the
+    """Writes are buffered and written in bulk (one multi-row statement per table) when the transaction, or the
     group-commit action, ends, and before anything reads the store on this connection (``search`` here, any
     read of the store from this thread): a chunk of a bulk load pays each statement once, not once per
     resource. The checks stay where they were: :meth:`put` raises :class:`AlreadyExists` or
@@ -286,18 +311,16 @@ class SQLiteTransaction(Transaction):
         if not self._versions:
             return
         conn = self.conn
-        conn.executemany("INSERT INTO versions (vrow, type, id, version, last_updated, lu, deleted, method, body)"
-                         " VALUES (?,?,?,?,?,?,?,?,?)", self._versions)
+        insert_rows(conn, INSERT_VERSIONS, self._versions)
         if self._created:
-            conn.executemany("INSERT INTO resources (rpk, type, id, version, lu, deleted, vrow) VALUES (?,?,?,?,?,?,?)",
-                             self._created)
+            insert_rows(conn, INSERT_RESOURCES, self._created)
         if self._changed:
             conn.executemany("UPDATE resources SET version=?, lu=?, deleted=?, vrow=? WHERE rpk=?", self._changed)
         if self._dropped:
             for table in INDEX_TABLES:
                 conn.executemany(DELETE_INDEX[table], self._dropped)
         for table, rows in self._rows.items():
-            conn.executemany(INSERT_INDEX[table], rows)
+            insert_rows(conn, INSERT_INDEX[table], rows)
         self._versions, self._created, self._changed, self._dropped = [], [], [], []
         self._rows = {}
         self._indexed = set()
@@ -347,7 +370,7 @@ class _RolledBack(Exception):
 def write_index(conn: sqlite3.Connection, rpk: int, rtype: str, index: IndexEntries) -> None:
     """Insert one resource's index entries (its previous rows were removed by the caller)."""
     for table, rows in _index_rows(rpk, rtype, index):
-        conn.executemany(INSERT_INDEX[table], rows)
+        insert_rows(conn, INSERT_INDEX[table], rows)
 
 
 def composite_row(entry) -> tuple:

@@ -278,6 +278,20 @@ def test_a_store_failure_loses_traces_but_never_a_response(record, monkeypatch):
     assert [items(e) for e in traces(record)] == [["Observation/oa2/_history/1"]]
 
 
+def test_a_trace_that_cannot_be_built_is_counted_as_lost_but_never_fails_its_request(record, monkeypatch):
+    auditor = record.app.extensions["fhir_audit"]
+    failed = auditor.writer.failed
+
+    def broken(record):
+        raise ValueError("odd record")
+    monkeypatch.setattr(auditor.writer, "prepare", broken)  # the request thread builds its trace
+    assert record.get("/fhir/Observation/oa1", practitioner(record)).status_code == 200
+    assert auditor.writer.failed == failed + 1
+    monkeypatch.undo()
+    record.get("/fhir/Observation/oa2", practitioner(record))
+    assert [items(e) for e in traces(record)] == [["Observation/oa2/_history/1"]]
+
+
 def test_tracing_can_be_switched_off(store, engine):
     from fhir_server.access.gate import OpenGate
     from fhir_server.app import create_app

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from fhir_server.model.dates import parse_range
+from fhir_server.search.entries import IndexEntries, TokenEntry
 from fhir_server.search.query import Clause, Query, TokenValue
 from fhir_server.store.sqlite import SQLiteStore, _lu
 
@@ -108,3 +109,18 @@ def test_a_refused_put_buffers_nothing(sqlite_store):
         tx.put(version("c", 1), entries("f"), expected_version=None)
     assert store.read("Patient", "b") is None and store.count(FEMALE) == 2
     assert [v.id for v in store.history("Patient", count=5).entries] == ["c", "a"]
+
+
+def test_a_transaction_larger_than_one_statement_keeps_every_row(sqlite_store):
+    # rows are inserted many per statement; 4,000 versions (9 values each) and one resource with 6,000
+    # identifiers (6 values each) are more than one statement may bind (32,766): split, none lost
+    store = sqlite_store
+    many = IndexEntries(tokens=[TokenEntry("identifier", "urn:sys", f"v{i}") for i in range(6000)])
+    with store.transaction() as tx:
+        tx.put_many([(version(f"p{i}", 1), entries("f" if i % 4 else "m"), None) for i in range(4000)])
+        tx.put(version("many", 1), many, expected_version=None)
+    assert store.count(FEMALE) == 3000
+    for code in ("v0", "v5461", "v5999"):
+        query = Query(("Patient",), [Clause("identifier", "token", None, (TokenValue("urn:sys", code, False),))])
+        assert [r.id for r in store.search(query, count=5).resources] == ["many"]
+    assert store.read("Patient", "p3999").version == 1
