@@ -55,7 +55,7 @@ import os
 import re
 import threading
 import uuid
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -185,9 +185,10 @@ class Importer:
                              worker_server=self._worker_server, refresh=False,
                              inline=lambda entries: not any(kind == "prepare" for _, kind, _ in entries),
                              in_worker=_worker_prepare, timeout=WORKER_TIMEOUT)
+        bulk = self.server.store.bulk_writes() if workers else nullcontext()  # a large input: bigger caches
         try:
             chunks = ahead.run(self._chunks(path, counts, source.get("type")))
-            with closing(chunks):  # a cancelled job stops the workers at once
+            with bulk, closing(chunks):  # a cancelled job stops the workers at once
                 for (position, sent, hints), entries in chunks:
                     self._write_batch(principal, _reattached(entries, sent), errors, counts, hints)
                     control.page_done(self._progress(number, counts, position, size))

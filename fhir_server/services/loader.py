@@ -256,12 +256,12 @@ class Loader:
              progress: Callable[[LoadReport], None] = lambda report: None) -> LoadReport:
         report = LoadReport()
         start = state.done() if state else 0
-        self.resources.store.prepare_bulk_load()
-        for position, ready in self._prepared(items, chunk_size, start, report):
-            self._write_chunk(ready, report)
-            if state:
-                state.save(position)
-            progress(report)
+        with self.resources.store.bulk_writes():
+            for position, ready in self._prepared(items, chunk_size, start, report):
+                self._write_chunk(ready, report)
+                if state:
+                    state.save(position)
+                progress(report)
         if state:
             state.clear()
         return report

@@ -12,7 +12,7 @@ there first; nothing is overwritten blindly.
 from __future__ import annotations
 
 import abc
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -141,9 +141,12 @@ class Store(abc.ABC):
     def read_many(self, keys: list[tuple[str, str]]) -> list[StoredResource]:
         """Current, non-deleted versions of the given (type, id) pairs, in no particular order."""
 
-    def prepare_bulk_load(self) -> None:
-        """A hint before many writes from this thread (``fhir-server load``): a backend may size its caches
-        for them. Changes nothing of what is stored or how durably."""
+    @contextmanager
+    def bulk_writes(self) -> Iterator[None]:
+        """A hint for the duration of many writes from this thread (``fhir-server load``, a large
+        ``$import``): a backend may size its caches for them while the block runs. Changes nothing of what
+        is stored or how durably."""
+        yield
 
     def iterate(self, rtype: str) -> Iterator[StoredResource]:
         """Every current, non-deleted resource of a type (reindex, export)."""

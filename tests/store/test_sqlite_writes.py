@@ -124,3 +124,19 @@ def test_a_transaction_larger_than_one_statement_keeps_every_row(sqlite_store):
         query = Query(("Patient",), [Clause("identifier", "token", None, (TokenValue("urn:sys", code, False),))])
         assert [r.id for r in store.search(query, count=5).resources] == ["many"]
     assert store.read("Patient", "p3999").version == 1
+
+
+def test_bulk_writes_enlarge_the_page_cache_only_while_they_run(sqlite_store):
+    store = sqlite_store
+
+    def cache_kib():
+        return -store._conn().execute("PRAGMA cache_size").fetchone()[0]
+    assert cache_kib() == store.CACHE_KIB
+    with pytest.raises(RuntimeError):
+        with store.bulk_writes():
+            assert cache_kib() == store.BULK_CACHE_KIB
+            with store.transaction() as tx:
+                tx.put(version("a", 1), entries("f"), expected_version=None)
+            raise RuntimeError("the load stops")
+    assert cache_kib() == store.CACHE_KIB
+    assert store.read("Patient", "a") == version("a", 1)  # written as any other write
