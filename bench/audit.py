@@ -154,7 +154,9 @@ def report(runs: list[Run], args, facts: dict, command: str, load_before: str, l
              f"cores as the server: {args.workers} granian workers x {args.threads} threads, "
              f"{args.clients} keep-alive connections, {args.resources} resources per store, "
              f"{args.duration:.0f} s per measurement after {args.warmup:.0f} s of warm-up, {args.repeat} rounds "
-             "alternating the order of the two modes.", "",
+             "alternating the order of the two modes. Throughput and CPU per request count each measurement "
+             "until the server is idle again after its last answer (the traces still queued then are written "
+             "within the measurement, bench/crud.py's drain).", "",
              "| phase | tracing | throughput (median) | p50 | p99 | server CPU / request | rounds (req/s) |",
              "|---|---|---|---|---|---|---|"]
     overheads = {}

@@ -14,7 +14,7 @@ Why the request builds its trace: the building is pure Python. Done by the write
 traces held the interpreter lock for long stretches while the request threads of the process waited for
 it (each return from I/O waits up to the interpreter's switch interval, 5 ms), and a writer that gave the
 lock away after each trace was itself starved, let the queue fill and blocked the requests. In the request
-it costs each request its own share (~0.1 ms), and the writer thread is left with the store's work, most
+it costs each request its own share (~0.2 ms of CPU), and the writer thread is left with the store's work, most
 of which SQLite does without the interpreter lock.
 
 Durability: a record is in memory until its batch commits; a crash loses what is queued (at most

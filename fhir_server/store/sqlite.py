@@ -190,6 +190,8 @@ def insert_rows(conn: sqlite3.Connection, insert: str, rows: list[tuple]) -> Non
     for start in range(0, len(rows), step):
         chunk = rows[start:start + step]
         conn.execute(f"{head} VALUES {','.join([values] * len(chunk))}", [v for row in chunk for v in row])
+
+
 _CURRENT_WITH_RPK = ("SELECT r.rpk, v.type, v.id, v.version, v.last_updated, v.deleted, v.method, v.body"
                      " FROM resources r JOIN versions v ON v.vrow = r.vrow WHERE r.type=? AND r.id=?")
 
