@@ -149,8 +149,8 @@ def report(runs: list[Run], args, facts: dict, command: str, load_before: str, l
              f"Command: `{command}` (tracing on = the default; off = `FHIR_SERVER_AUDIT=0`).", "",
              f"Machine: {facts['nproc']} cores ({facts['cpu']}), {facts['ram_gib']} GiB RAM, Python "
              f"{facts['python']}, SQLite {facts['sqlite']}; {facts['date']}, commit {facts['commit']}. "
-             f"Load average (`uptime`) before: {load_before}; after: {load_after}. The machine is shared "
-             "(other builds and tests ran during the measurement), and the load generator runs on the same "
+             f"Load average (`uptime`) before: {load_before}; after: {load_after} (the benchmark's own load "
+             "included). The load generator runs on the same "
              f"cores as the server: {args.workers} granian workers x {args.threads} threads, "
              f"{args.clients} keep-alive connections, {args.resources} resources per store, "
              f"{args.duration:.0f} s per measurement after {args.warmup:.0f} s of warm-up, {args.repeat} rounds "
