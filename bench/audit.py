@@ -188,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=8, help="concurrent keep-alive connections")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (each: one server per mode)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
-    parser.add_argument("--threads", type=int, default=2, help="WSGI threads per worker process (serve's default)")
+    parser.add_argument("--threads", type=int, default=4, help="WSGI threads per worker process (serve's default)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each measurement")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured requests before")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",

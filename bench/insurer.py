@@ -2,7 +2,7 @@
 """Care history feed benchmark (issue #8): how many care items per second the insurer can feed.
 
 For each mode, a fresh SQLite store and the real server (``fhir-server serve --insecure-no-auth``,
-granian, ``--workers 2 --threads 2``, periodic purge off) on loopback:
+granian, ``--workers 2 --threads 4`` (serve's defaults), periodic purge off) on loopback:
 
 1. the synthetic insurer's patients are imported first (``$import``, not timed);
 2. ``--items`` care items (``fhir_server.carehistory.synthetic``, deterministic, a fifth of them
@@ -216,7 +216,7 @@ def main() -> int:
     parser.add_argument("--readers", type=int, default=2, help="reading threads in the +reads modes")
     parser.add_argument("--repeat", type=int, default=1, help="runs per mode (the median is reported)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2, help="WSGI threads per worker process (serve's default)")
+    parser.add_argument("--threads", type=int, default=4, help="WSGI threads per worker process (serve's default)")
     parser.add_argument("--import-workers", type=int, default=None,
                         help="processes validating ahead of the $import writes (FHIR_SERVER_IMPORT_WORKERS of the "
                              "server; default: the server's, the number of CPUs; 0: in the job's thread)")

@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", help=f"sqlite:///PATH or mongodb://... (default $FHIR_SERVER_STORE or "
                                        f"{DEFAULT_STORE})")
     serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    serve.add_argument("--threads", type=int, default=2,
-                       help="WSGI threads per worker (default 2: with every request traced, more did not serve more "
-                            "on 2 cores; docs/benchmarks.md compares 2, 4 and 8)")
+    serve.add_argument("--threads", type=int, default=4,
+                       help="WSGI threads per worker (default 4: reads keep a thread while large Bundles run; "
+                            "docs/benchmarks.md compares 2, 4 and 8)")
     serve.add_argument("--access-log", action="store_true",
                        help="log every HTTP request to stdout (off by default: it costs ~0.2 ms per request)")
     serve.add_argument("--base-url", help="public base URL of the API, e.g. https://host/fhir")

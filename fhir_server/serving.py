@@ -21,7 +21,9 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 2  # processes: one per core is what a CPU-bound Python server can use
-    threads: int = 2  # WSGI threads per process: a request waiting on the write lock or the disk lets another run
+    # WSGI threads per process: a request waiting on the write lock or the disk lets another run, and a read
+    # finds a thread while a large Bundle runs in the process (services/lanes.py)
+    threads: int = 4
     access_log: bool = False
 
 

@@ -46,6 +46,7 @@ from fhir_server.access.gate import Principal
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FHIRError, Issue, operation_outcome
 from fhir_server.search.parse import ParsedSearch
+from fhir_server.services.lanes import Lane
 from fhir_server.store.base import StoredResource, Transaction
 
 log = logging.getLogger("fhir_server.bundles")
@@ -156,7 +157,7 @@ class BundleService:
     """Runs batch and transaction Bundles with the resource and search services."""
 
     def __init__(self, resources: Any, search: Any, parser: Any, definitions: Any, renderer: Any,
-                 max_entries: int = MAX_ENTRIES):
+                 max_entries: int = MAX_ENTRIES, lane: Lane | None = None):
         self.resources = resources  # fhir_server.services.resources.ResourceService
         self.search = search  # fhir_server.services.search.SearchService
         self.parser = parser
@@ -164,6 +165,7 @@ class BundleService:
         self.renderer = renderer
         self.gate = resources.gate
         self.max_entries = max_entries
+        self.lane = lane or Lane()  # large Bundles run one at a time in this process (services/lanes.py)
         # SearchParser.parse takes the request's base (local absolute references) where it supports it
         self._parse_takes_base = "base" in inspect.signature(parser.parse).parameters
 
@@ -183,6 +185,15 @@ class BundleService:
         """
         kind = self._check_bundle(bundle)
         raw_entries = bundle.get("entry") or []
+        with self.lane.entered(len(raw_entries)):
+            results = self._process(principal, kind, raw_entries, base, strict)
+        out: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": f"{kind}-response"}
+        if raw_entries:
+            out["entry"] = [self._response_entry(results[i], prefer_return) for i in range(len(raw_entries))]
+        return out
+
+    def _process(self, principal: Principal, kind: str, raw_entries: list, base: str,
+                 strict: bool) -> dict[int, Result]:
         if kind == "transaction":
             entries = [self._parse(principal, i, raw, base, strict) for i, raw in enumerate(raw_entries)]
             self._check_transaction(entries)
@@ -200,10 +211,7 @@ class BundleService:
                     log.exception("batch entry %d failed unexpectedly", i)
                     results[i] = Result(500, error=entry_error(i, 500, "exception",
                                                                "Internal server error; it has been logged"))
-        out: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": f"{kind}-response"}
-        if raw_entries:
-            out["entry"] = [self._response_entry(results[i], prefer_return) for i in range(len(raw_entries))]
-        return out
+        return results
 
     # -- the envelope ----------------------------------------------------------------------------
     def _check_bundle(self, bundle: Any) -> str:
