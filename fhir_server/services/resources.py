@@ -26,7 +26,7 @@ from fhir_server.access.gate import AccessGate, Principal, id_clause
 from fhir_server.definitions import Definitions
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FHIRError, Issue, bad_request, not_found
-from fhir_server.search.entries import IndexEntries
+from fhir_server.search.entries import IndexEntries, PackedIndex
 from fhir_server.search.extract import Indexer
 from fhir_server.search.parse import SearchParser
 from fhir_server.search.query import Query
@@ -61,7 +61,7 @@ class Prepared:
     rid: str
     resource: dict
     issues: list[Issue]
-    index: IndexEntries
+    index: IndexEntries | PackedIndex  # packed when it came from a worker process of a bulk import
     registry_version: Any = None
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import parse_qs, urlparse
 
-from fhir_server.search.entries import IndexEntries
+from fhir_server.search.entries import IndexEntries, PackedIndex
 from fhir_server.store.base import (AlreadyExists, HistoryPage, PageExpired, SearchPage, Store, StoredResource,
                                     Transaction, VersionConflict)
 from fhir_server.store.sqlite_search import SQLCompiler, decode_cursor, encode_cursor
@@ -136,7 +136,14 @@ def _lu(last_updated: str) -> int:
 
 
 # the index rows of one resource: (table, its rows) for each table it has entries in
-def _index_rows(rpk: int, rtype: str, index: IndexEntries) -> Iterator[tuple[str, list[tuple]]]:
+def _index_rows(rpk: int, rtype: str, index: IndexEntries | PackedIndex) -> Iterator[tuple[str, list[tuple]]]:
+    if isinstance(index, PackedIndex):  # the tuples are the columns after (rpk, type)
+        for table, rows in zip(PACKED_TABLES, index.packed):
+            if rows:
+                yield table, [(rpk, rtype, *row) for row in rows]
+        if index.composites:
+            yield "idx_composite", [(rpk, rtype, *composite_row(e)) for e in index.composites]
+        return
     if index.tokens:
         yield "idx_token", [(rpk, rtype, e.param, e.system, e.code, e.text) for e in index.tokens]
     if index.strings:
@@ -157,6 +164,7 @@ def _index_rows(rpk: int, rtype: str, index: IndexEntries) -> Iterator[tuple[str
         yield "idx_composite", [(rpk, rtype, *composite_row(e)) for e in index.composites]
 
 
+PACKED_TABLES = ("idx_token", "idx_string", "idx_date", "idx_number", "idx_quantity", "idx_reference", "idx_uri")
 INSERT_INDEX = {"idx_token": "INSERT INTO idx_token VALUES (?,?,?,?,?,?)",
                 "idx_string": "INSERT INTO idx_string VALUES (?,?,?,?,?)",
                 "idx_date": "INSERT INTO idx_date VALUES (?,?,?,?,?)",

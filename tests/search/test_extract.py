@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import math
 import re
+import pickle
 import statistics
 import time
 from collections import Counter
@@ -18,8 +19,8 @@ from fhir_server.definitions import Definitions
 from fhir_server.model import jsonio
 from fhir_server.search import ucum
 from fhir_server.search.entries import (
-    DATE_MAX, DATE_MIN, CompositeEntry, DateEntry, IndexEntries, NumberEntry, QuantityEntry, ReferenceEntry,
-    StringEntry, TokenEntry, UriEntry,
+    DATE_MAX, DATE_MIN, CompositeEntry, DateEntry, IndexEntries, NumberEntry, PackedIndex, QuantityEntry,
+    ReferenceEntry, StringEntry, TokenEntry, UriEntry,
 )
 from fhir_server.search.extract import Indexer, parse_reference, precision_range
 from fhir_server.search.parameters import SearchParameterRegistry
@@ -187,6 +188,16 @@ def test_observation_example(indexer: Indexer) -> None:
     loinc_weight = TokenEntry("code", LOINC, "29463-7", "body weight")
     assert CompositeEntry("code-value-quantity", (loinc_weight, q)) in composites
     assert of(e, "code-value-concept") == [] and of(e, "value-concept") == []
+
+
+def test_packed_entries_cross_a_process_boundary_unchanged(indexer: Indexer) -> None:
+    """What a bulk import's worker process sends: the entries as tuples, rebuilt identical on first access."""
+    e = indexer.index(load("Observation-example.json"))
+    packed = pickle.loads(pickle.dumps(PackedIndex.of(e)))
+    assert packed == e and packed.unpacked() == e
+    assert packed.quantities == e.quantities and packed.composites == e.composites
+    assert packed.params() == e.params()
+    assert PackedIndex.of(packed) is packed
 
 
 OBSERVATION = {

@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from fhir_server.search.entries import (DateEntry, IndexEntries, ReferenceEntry, StringEntry, TokenEntry)
+from fhir_server.search.entries import (DateEntry, IndexEntries, PackedIndex, ReferenceEntry, StringEntry,
+                                        TokenEntry)
 from fhir_server.search.query import Clause, Query, RangeValue, ReferenceValue, StringValue, TokenValue
 from fhir_server.store.base import AlreadyExists, StoredResource, VersionConflict
 
@@ -99,16 +100,19 @@ def test_search_finds_current_versions_only(store):
     assert store.count(Query(("Patient",), [female])) == 2
 
 
-def test_token_string_date_and_reference_clauses(store):
-    put(store, version("o1", 1, rtype="Observation"), IndexEntries(
+@pytest.mark.parametrize("pack", [lambda index: index, PackedIndex.of], ids=["entries", "packed"])
+def test_token_string_date_and_reference_clauses(store, pack):
+    """Index entries are found the same whether they are objects or packed as tuples (a bulk import's worker
+    processes send them packed)."""
+    put(store, version("o1", 1, rtype="Observation"), pack(IndexEntries(
         tokens=[TokenEntry("code", "http://loinc.org", "1234-5")],
         dates=[DateEntry("date", 1_000, 2_000)],
-        references=[ReferenceEntry("subject", "Patient", "p1")]))
-    put(store, version("o2", 1, rtype="Observation"), IndexEntries(
+        references=[ReferenceEntry("subject", "Patient", "p1")])))
+    put(store, version("o2", 1, rtype="Observation"), pack(IndexEntries(
         tokens=[TokenEntry("code", "http://other", "1234-5")],
         dates=[DateEntry("date", 5_000, 6_000)],
         references=[ReferenceEntry("subject", "Patient", "p2")],
-        strings=[StringEntry("note", "helene", "Hélène")]))
+        strings=[StringEntry("note", "helene", "Hélène")])))
     obs = ("Observation",)
     loinc = Clause("code", "token", None, (TokenValue("http://loinc.org", "1234-5", True),))
     assert _search(store, loinc, types=obs) == ["o1"]
