@@ -137,8 +137,7 @@ def iter_resources(path: Path) -> Iterator[tuple[str, object]]:
 
 def _bundle_resources(where: str, bundle: dict) -> Iterator[tuple[str, object]]:
     """The entries' resources, with ``urn:uuid`` full URLs rewritten to the ids they will be stored under."""
-    import uuid
-
+    from fhir_server.model.ids import new_id
     from fhir_server.model.references import rewrite_references
     entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict)]
     mapping = {}
@@ -146,7 +145,7 @@ def _bundle_resources(where: str, bundle: dict) -> Iterator[tuple[str, object]]:
         resource = entry.get("resource")
         full_url = entry.get("fullUrl", "")
         if isinstance(resource, dict) and full_url.startswith("urn:uuid:"):
-            resource.setdefault("id", str(uuid.uuid4()))
+            resource.setdefault("id", new_id())
             mapping[full_url] = f"{resource.get('resourceType')}/{resource['id']}"
     for index, entry in enumerate(entries):
         resource = entry.get("resource")

@@ -29,12 +29,12 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from typing import Any, Callable
 
 from fhir_server.model import jsonio
+from fhir_server.model.ids import new_id
 from fhir_server.store.base import StoredResource
 
 log = logging.getLogger("fhir_server.audit")
@@ -184,7 +184,7 @@ class StoreBatchWriter:
 
     def prepare(self, record: Any) -> tuple[StoredResource, Any, None]:
         """The AuditEvent of ``record`` as the store writes it: (version, index entries, expected version)."""
-        stamped = self._stamped(self.build(record), str(uuid.uuid4()))
+        stamped = self._stamped(self.build(record), new_id())
         return (StoredResource("AuditEvent", stamped["id"], 1, stamped["meta"]["lastUpdated"], False,
                                jsonio.dumps(stamped), "POST"), self.indexer.index(stamped), None)
 

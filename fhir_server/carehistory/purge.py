@@ -19,7 +19,6 @@ and each is checked on its own index entries, so an item with one old and one re
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from fhir_server.carehistory import EOB
 from fhir_server.carehistory.window import PARAM
 from fhir_server.model import jsonio
+from fhir_server.model.ids import new_id
 from fhir_server.services.periodic import PeriodicTask
 from fhir_server.model.dates import parse_range
 
@@ -97,7 +97,7 @@ def audit_event(report: PurgeReport) -> dict:
     what = (f"Care items (ExplanationOfBenefit) whose service dates all fall before {report.cutoff.isoformat()}, "
             "out of the 24-month care history, physically removed with all their versions")
     return {
-        "resourceType": "AuditEvent", "id": str(uuid.uuid4()),
+        "resourceType": "AuditEvent", "id": new_id(),
         "meta": {"profile": [AUDIT_PROFILE]},
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "delete"}],

@@ -15,10 +15,10 @@ that purpose of use.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Any
 
 from fhir_server.access.gate import Principal
+from fhir_server.model.ids import new_id
 from fhir_server.model.outcome import FHIRError, bad_request
 from fhir_server.policy import codes
 from fhir_server.policy.notifications import Notifier
@@ -78,7 +78,7 @@ def grant_event(user: str, account: str, patient: str, mode: str, reason: str, s
     system, code = codes.EMERGENCY_PURPOSE[mode]
     stamp = start.isoformat(timespec="seconds")
     return {
-        "resourceType": "AuditEvent", "id": str(uuid.uuid4()),
+        "resourceType": "AuditEvent", "id": new_id(),
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "subtype": [{"system": codes.EMERGENCY_SUBTYPE, "code": mode}],
         "action": "E", "period": {"start": stamp, "end": end.isoformat(timespec="seconds")},

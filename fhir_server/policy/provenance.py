@@ -8,10 +8,10 @@ the record), ``agent.who`` the patient (type ``author``; a representative as ``e
 """
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fhir_server.model import jsonio
+from fhir_server.model.ids import new_id
 from fhir_server.policy import codes
 from fhir_server.store.base import StoredResource
 
@@ -47,7 +47,7 @@ def provenance_of(stored: StoredResource, author: str, patient: str) -> dict:
     else:
         agents = [{"type": {"coding": [{"system": PARTICIPATION, "code": "enterer"}]}, "who": {"reference": author},
                    "onBehalfOf": {"reference": patient}}]
-    return {"resourceType": "Provenance", "id": str(uuid.uuid4()),
+    return {"resourceType": "Provenance", "id": new_id(),
             "target": [{"reference": f"{stored.type}/{stored.id}/_history/{stored.version}"},
                        {"reference": patient}],
             "recorded": stored.last_updated,

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_server.model import jsonio
+from fhir_server.model.ids import new_id
 from fhir_server.policy import codes
 from fhir_server.policy.gate import label_clause
 from fhir_server.policy.relations import RecordPolicy, RelationFinder
@@ -161,7 +161,7 @@ def deletion_trace(patient: str, versions: int, requested: dt.datetime | None, n
     stamp = now.isoformat(timespec="seconds")
     why = "at the holder's request" if requested else f"{RETENTION_YEARS} years after its closure"
     return {
-        "resourceType": "AuditEvent", "id": str(uuid.uuid4()),
+        "resourceType": "AuditEvent", "id": new_id(),
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "delete"}],
         "action": "D", "period": {"start": stamp, "end": stamp}, "recorded": stamp, "outcome": "0",

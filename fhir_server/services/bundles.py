@@ -44,6 +44,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from fhir_server.access.gate import Principal
 from fhir_server.model import jsonio
+from fhir_server.model.ids import new_id
 from fhir_server.model.outcome import FHIRError, Issue, operation_outcome
 from fhir_server.search.parse import ParsedSearch
 from fhir_server.services.lanes import Lane
@@ -603,7 +604,7 @@ class _Unit:
         entries = self.entries
         for entry in entries:  # new ids up front, so every fullUrl maps to Type/id before anything runs
             if entry.op == "create":
-                self.planned[entry.index] = str(uuid.uuid4())
+                self.planned[entry.index] = new_id()
                 if not entry.if_none_exist:
                     self._map(entry, self.planned[entry.index])
             elif entry.op in ("update", "patch"):
@@ -699,7 +700,7 @@ class _Unit:
         elif entry.op == "cond-update" and entry.resource.get("id"):
             rid = entry.resource["id"]
         else:
-            rid = self.planned.setdefault(entry.index, str(uuid.uuid4()))
+            rid = self.planned.setdefault(entry.index, new_id())
         self.planned[entry.index] = rid
         self._map(entry, rid)
         if entry.op == "create":

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import signal
 from collections import deque
 from contextlib import closing
@@ -31,6 +32,10 @@ from fhir_server.search.entries import PackedIndex
 from fhir_server.services.resources import Prepared, ResourceService
 
 log = logging.getLogger(__name__)
+# Worker processes run at a lower CPU priority: when the machine is busy, the serial writer and the requests
+# of the serving process go first (bench/insurer.py --modes bulk+reads, 20,000 items: reads 161 -> 236/s,
+# p99 49 -> 28 ms, for 858 -> 785 items/s). 0 keeps the workers at the parent's priority.
+NICE = int(os.environ.get("FHIR_SERVER_PREPARE_NICE", "10"))
 Item = tuple[str, object]  # (where it came from, parsed resource or the parse error)
 Ready = tuple[str, "Prepared | str"]  # (where, prepared resource or why it is rejected)
 
@@ -154,6 +159,7 @@ def _start_worker(make_server: Callable[[], Any]) -> None:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(NICE)
     _worker = make_server()
 
 

@@ -14,7 +14,6 @@ on the stored state (gate, conditional matches, version, ``meta``, the write).
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
@@ -25,6 +24,7 @@ from fhir_server.access import matching
 from fhir_server.access.gate import AccessGate, Principal, id_clause
 from fhir_server.definitions import Definitions
 from fhir_server.model import jsonio
+from fhir_server.model.ids import new_id
 from fhir_server.model.outcome import FHIRError, Issue, bad_request, not_found
 from fhir_server.search.entries import IndexEntries, PackedIndex
 from fhir_server.search.extract import Indexer
@@ -132,7 +132,7 @@ class ResourceService:
         and profile validation (raising exactly what the ``*_in`` step would) and the index entries."""
         self.served(rtype, interaction)
         issues = self.validate(resource, rtype, rid if interaction == "update" else None)
-        rid = rid or str(uuid.uuid4())
+        rid = rid or new_id()
         return Prepared(interaction, rtype, rid, resource, issues, *self._index_for(resource, rid))
 
     def _index_for(self, resource: dict, rid: str) -> tuple[IndexEntries, Any]:

@@ -627,18 +627,28 @@ class SQLiteStore(Store):
 
     CACHE_KIB = 64 << 10  # a connection's page cache (64 MiB)
     BULK_CACHE_KIB = 1 << 20  # 1 GiB: the index B-trees a large load inserts into stay in memory
+    CHECKPOINT_PAGES = 1000  # SQLite's default WAL auto-checkpoint (pages of WAL)
+    BULK_CHECKPOINT_PAGES = 10_000  # ~40 MB of WAL between the checkpoints of a large load
 
     @contextmanager
     def bulk_writes(self) -> Iterator[None]:
-        """This thread's page cache at :attr:`BULK_CACHE_KIB` while the block runs: a million-resource load
-        inserts index rows all over B-trees of gigabytes, and each page that fell out of a 64 MiB cache
-        is read again (measured: +6 % items/s for an $import of 100,000 care items). The cache and its
-        memory go back to normal after."""
+        """While the block runs, this thread's connection has a page cache of :attr:`BULK_CACHE_KIB` and
+        checkpoints the WAL every :attr:`BULK_CHECKPOINT_PAGES` pages instead of every 1,000.
+
+        Why: a million-resource load inserts index rows all over B-trees of gigabytes; each page that fell
+        out of a 64 MiB cache is read again (measured: +6 % items/s for an $import of 100,000 care items).
+        And each checkpoint writes every page changed since the last one back into the database file, then
+        waits for the disk (synchronous=FULL): on a store of 800,000 care items that wait was ~0.3 ms per
+        imported item, most of the writer's time. Ten times fewer checkpoints write a page changed by many
+        chunks once instead of ten times (measured there: ~+15 % items/s). The WAL grows to ~40 MB in
+        between; durability is unchanged (every commit is still synced). Both go back to normal after."""
         conn = self._conn()
         conn.execute(f"PRAGMA cache_size=-{self.BULK_CACHE_KIB}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={self.BULK_CHECKPOINT_PAGES}")
         try:
             yield
         finally:
+            conn.execute(f"PRAGMA wal_autocheckpoint={self.CHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA cache_size=-{self.CACHE_KIB}")
             conn.execute("PRAGMA shrink_memory")
 

@@ -126,17 +126,20 @@ def test_a_transaction_larger_than_one_statement_keeps_every_row(sqlite_store):
     assert store.read("Patient", "p3999").version == 1
 
 
-def test_bulk_writes_enlarge_the_page_cache_only_while_they_run(sqlite_store):
+def test_bulk_writes_enlarge_the_page_cache_and_space_checkpoints_only_while_they_run(sqlite_store):
     store = sqlite_store
 
     def cache_kib():
         return -store._conn().execute("PRAGMA cache_size").fetchone()[0]
-    assert cache_kib() == store.CACHE_KIB
+
+    def checkpoint_pages():
+        return store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert (cache_kib(), checkpoint_pages()) == (store.CACHE_KIB, 1000)
     with pytest.raises(RuntimeError):
         with store.bulk_writes():
-            assert cache_kib() == store.BULK_CACHE_KIB
+            assert (cache_kib(), checkpoint_pages()) == (store.BULK_CACHE_KIB, store.BULK_CHECKPOINT_PAGES)
             with store.transaction() as tx:
                 tx.put(version("a", 1), entries("f"), expected_version=None)
             raise RuntimeError("the load stops")
-    assert cache_kib() == store.CACHE_KIB
+    assert (cache_kib(), checkpoint_pages()) == (store.CACHE_KIB, 1000)
     assert store.read("Patient", "a") == version("a", 1)  # written as any other write
