@@ -69,7 +69,6 @@ from fhir_server.carehistory import EOB, INSURER_SYSTEM
 from fhir_server.carehistory.feed import deferred, unknown_patient_in
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FHIRError, Issue, operation_outcome
-from fhir_server.search.entries import PackedIndex
 from fhir_server.search.query import Clause, Query, TokenValue
 from fhir_server.services.loader import PrepareAhead
 from fhir_server.services.resources import Prepared, ResourceService, WriteResult
@@ -655,9 +654,7 @@ def _worker_prepare(resources: ResourceService, entries: list[Entry]) -> list[En
     out: list[Entry] = []
     for line_number, kind, payload in _prepare_entries(resources, entries):
         if kind == "ready":
-            payload.resource = None
-            payload.issues = []
-            payload.index = PackedIndex.of(payload.index)  # cheaper to unpickle in the writing process
+            payload.lean()
         elif kind == "refused":
             payload = (payload[0], payload[1], None)
         elif kind != "early":

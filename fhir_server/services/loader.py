@@ -28,7 +28,6 @@ from typing import Any, Callable, Iterable, Iterator
 
 from fhir_server.access.gate import Principal
 from fhir_server.model.outcome import FHIRError
-from fhir_server.search.entries import PackedIndex
 from fhir_server.services.resources import Prepared, ResourceService
 
 log = logging.getLogger(__name__)
@@ -117,9 +116,7 @@ def _worker_prepare_chunk(resources: ResourceService, chunk: list[Item]) -> list
     out = prepare_chunk(resources, chunk)
     for _, prepared in out:
         if isinstance(prepared, Prepared):
-            prepared.resource = None
-            prepared.issues = []
-            prepared.index = PackedIndex.of(prepared.index)  # cheaper to unpickle in the writing process
+            prepared.lean()
     return out
 
 

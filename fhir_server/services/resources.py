@@ -64,6 +64,14 @@ class Prepared:
     index: IndexEntries | PackedIndex  # packed when it came from a worker process of a bulk import
     registry_version: Any = None
 
+    def lean(self) -> None:
+        """Make it what a bulk write's worker process sends back: no resource (the writing process parsed it
+        too), no warnings (a bulk write reports only what it refuses), the index entries packed as tuples
+        (cheaper to unpickle in the writing process, the bottleneck)."""
+        self.resource = None
+        self.issues = []
+        self.index = PackedIndex.of(self.index)
+
 
 @dataclass(frozen=True)
 class WriteResult:
