@@ -141,9 +141,10 @@ class PackedIndex:
         rows = [tuple(tuple(entry.__dict__.values()) for entry in getattr(index, name)) for name, _ in BUCKETS]
         return cls((*rows, tuple(index.composites)))
 
-    def rows(self, bucket: int) -> tuple:
-        """The field values of the entries of ``BUCKETS[bucket]``, one tuple per entry, in field order."""
-        return self.packed[bucket]
+    @property
+    def composites(self) -> list[CompositeEntry]:
+        """The composite entries (kept as objects), without rebuilding the others."""
+        return list(self.packed[len(BUCKETS)])
 
     def unpacked(self) -> IndexEntries:
         if self._entries is None:
