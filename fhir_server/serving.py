@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing.util
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,17 +29,61 @@ class ServeOptions:
     # finds a thread while a large Bundle runs in the process (services/lanes.py)
     threads: int = 4
     access_log: bool = False
+    # seconds a worker has to finish its requests and write its traces once told to stop; then it is killed
+    stop_timeout: int = 30
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopDuringLoad:
+    """Keeps a stop signal that reaches a worker process while it is still building its app.
+
+    granian installs a worker's own SIGINT/SIGTERM handlers only after the app loader returns; until then
+    the worker runs the handler it inherited from the main process, which only flags the main's (forked)
+    copy of the server. A stop sent then was lost and the worker served on while the main waited for it
+    forever (seen as ``serve`` ignoring SIGTERM right after start on a loaded machine). This records such a
+    signal and, once granian's handler is in place, sends it again to the process.
+    """
+
+    def __init__(self, poll: float = 0.005, give_up: float = 60.0):
+        self.poll = poll
+        self.give_up = give_up
+        self.received: int | None = None
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._record)
+
+    def redeliver_when_replaced(self) -> threading.Thread:
+        """Watch (in a daemon thread) for our handler to be replaced, then resend what was received."""
+        watcher = threading.Thread(target=self._watch, name="stop-during-load", daemon=True)
+        watcher.start()
+        return watcher
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + self.give_up
+        while signal.getsignal(signal.SIGTERM) == self._record and time.monotonic() < deadline:
+            time.sleep(self.poll)
+        if self.received is not None:
+            os.kill(os.getpid(), self.received)
 
 
 def app_loader(settings: Settings) -> Callable[[], Callable]:
     """What each worker process runs after the fork: its own app, store connections and background threads."""
     def load() -> Callable:
         from fhir_server.app import create_app, settle_heap
+        stop = StopDuringLoad()
+        stop.install()
         app = create_app(settings, bulk_worker=True)
         # a worker process ends through multiprocessing, which skips the interpreter's exit handlers: run them
         # at the worker's own exit, so that queued traces are written and periodic tasks stop cleanly
         multiprocessing.util.Finalize(None, atexit._run_exitfuncs, exitpriority=0)
         settle_heap()  # in-process, the slowest 0.1 % of reads went from 41 to 18 ms
+        stop.redeliver_when_replaced()
         return app
     return load
 
@@ -46,5 +94,6 @@ def run(settings: Settings, options: ServeOptions) -> None:
     from granian.constants import Interfaces
     server = Granian("fhir_server.app:create_app", address=options.host, port=options.port,
                      interface=Interfaces.WSGI, workers=options.workers, blocking_threads=options.threads,
-                     log_access=options.access_log, websockets=False, respawn_failed_workers=True)
+                     log_access=options.access_log, websockets=False, respawn_failed_workers=True,
+                     workers_kill_timeout=options.stop_timeout)
     server.serve(target_loader=app_loader(settings), wrap_loader=False)

@@ -33,14 +33,25 @@ def _command(*args: str) -> list[str]:
     return ([str(script)] if script.exists() else [sys.executable, "-m", "fhir_server.cli"]) + list(args)
 
 
-@pytest.fixture
-def served(tmp_path):
+def _start(tmp_path: Path) -> tuple[subprocess.Popen, int, Path]:
     port = _free_port()
     db = tmp_path / "fhir.sqlite3"
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(_command("serve", "--insecure-no-auth", "--port", str(port), "--store", f"sqlite:///{db}",
-                                     "--workers", "2"), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with (tmp_path / "server.log").open("wb") as log:
+        proc = subprocess.Popen(_command("serve", "--insecure-no-auth", "--port", str(port), "--store",
+                                         f"sqlite:///{db}", "--workers", "2"),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, port, db
+
+
+def _stopped(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def served(tmp_path):
+    proc, port, db = _start(tmp_path)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -56,10 +67,7 @@ def served(tmp_path):
             pytest.fail("the server did not start:\n" + (tmp_path / "server.log").read_text())
         time.sleep(0.2)
     yield proc, port, db
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+    _stopped(proc)
 
 
 def test_serve_answers_fhir_over_keep_alive_and_stops_on_sigterm_with_every_request_traced(served):
@@ -116,3 +124,20 @@ def test_serve_refuses_to_run_without_authentication_on_a_public_address():
                           text=True, timeout=60)
     assert done.returncode == 2
     assert "non-loopback" in done.stderr
+
+
+def test_serve_stops_on_sigterm_sent_while_its_workers_are_still_starting(tmp_path):
+    # a worker builds its app (a second or more) before granian installs its signal handlers: a stop sent
+    # then used to be lost, and the main process waited for that worker forever
+    proc, _, _ = _start(tmp_path)
+    log = tmp_path / "server.log"
+    try:
+        deadline = time.monotonic() + 60
+        while "Spawning worker-2" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "Started worker-2" not in log.read_text(), "too late to test the start: the worker was ready"
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=25) == 0, log.read_text()
+        assert "refused to gracefully stop" not in log.read_text()
+    finally:
+        _stopped(proc)
