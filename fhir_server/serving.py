@@ -43,7 +43,8 @@ class StopDuringLoad:
     the worker runs the handler it inherited from the main process, which only flags the main's (forked)
     copy of the server. A stop sent then was lost and the worker served on while the main waited for it
     forever (seen as ``serve`` ignoring SIGTERM right after start on a loaded machine). This records such a
-    signal and, once granian's handler is in place, sends it again to the process.
+    signal (and one the inherited handler took before :meth:`install`, see :func:`app_loader`) and, once
+    granian's handler is in place, sends it again to the process.
     """
 
     def __init__(self, poll: float = 0.005, give_up: float = 60.0):
@@ -72,12 +73,17 @@ class StopDuringLoad:
             os.kill(os.getpid(), self.received)
 
 
-def app_loader(settings: Settings) -> Callable[[], Callable]:
-    """What each worker process runs after the fork: its own app, store connections and background threads."""
+def app_loader(settings: Settings, stop_requested: Callable[[], bool] = lambda: False) -> Callable[[], Callable]:
+    """What each worker process runs after the fork: its own app, store connections and background threads.
+
+    ``stop_requested`` reads, in the worker, the flag its inherited handler sets on the main's forked server
+    object: a stop that arrived between the fork and the start of the load."""
     def load() -> Callable:
-        from fhir_server.app import create_app, settle_heap
         stop = StopDuringLoad()
         stop.install()
+        if stop_requested():
+            stop.received = signal.SIGTERM
+        from fhir_server.app import create_app, settle_heap
         app = create_app(settings, bulk_worker=True)
         # a worker process ends through multiprocessing, which skips the interpreter's exit handlers: run them
         # at the worker's own exit, so that queued traces are written and periodic tasks stop cleanly
@@ -96,4 +102,5 @@ def run(settings: Settings, options: ServeOptions) -> None:
                      interface=Interfaces.WSGI, workers=options.workers, blocking_threads=options.threads,
                      log_access=options.access_log, websockets=False, respawn_failed_workers=True,
                      workers_kill_timeout=options.stop_timeout)
-    server.serve(target_loader=app_loader(settings), wrap_loader=False)
+    server.serve(target_loader=app_loader(settings, lambda: bool(getattr(server, "interrupt_signal", False))),
+                 wrap_loader=False)

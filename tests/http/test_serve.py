@@ -43,6 +43,14 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen, int, Path]:
     return proc, port, db
 
 
+def _exit_code(proc: subprocess.Popen, log: Path, timeout: float = 45) -> int:
+    """The server's exit code; a failure showing its log if it is still running ``timeout`` s later."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {timeout} s after SIGTERM:\n" + log.read_text())
+
+
 def _stopped(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -94,7 +102,7 @@ def test_serve_answers_fhir_over_keep_alive_and_stops_on_sigterm_with_every_requ
     conn.close()
 
     os.killpg(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    assert _exit_code(proc, db.parent / "server.log") == 0
     with sqlite3.connect(db) as store:
         traces = store.execute("SELECT count(*) FROM resources WHERE type='AuditEvent'").fetchone()[0]
     assert traces == 5  # the create, three reads and the refused unknown type: none lost at shutdown
@@ -137,7 +145,7 @@ def test_serve_stops_on_sigterm_sent_while_its_workers_are_still_starting(tmp_pa
             time.sleep(0.02)
         assert "Started worker-2" not in log.read_text(), "too late to test the start: the worker was ready"
         os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=25) == 0, log.read_text()
+        assert _exit_code(proc, log) == 0, log.read_text()
         assert "refused to gracefully stop" not in log.read_text()
     finally:
         _stopped(proc)
