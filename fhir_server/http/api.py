@@ -245,4 +245,4 @@ def _search(types: tuple[str, ...], params: list[tuple[str, str]],
 # -- capability ---------------------------------------------------------------------------------
 @api.get("/metadata")
 def metadata() -> Response:
-    return respond(fhir().capability(base_url()))
+    return respond(fhir().capability_json(base_url()))

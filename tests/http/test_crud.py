@@ -356,6 +356,16 @@ def test_capability_statement_lists_the_served_types_and_their_interactions(clie
     assert "birthdate" in {p["name"] for p in resources["Patient"]["searchParam"]}
 
 
+
+def test_capability_statement_names_the_address_each_client_reached(client):
+    # the encoded statement is kept between requests: one per address, never another's
+    for _ in range(2):
+        for host in ("a.example", "b.example:8443"):
+            statement = client.get("/fhir/metadata", base_url=f"https://{host}").get_json()
+            assert statement["implementation"]["url"] == f"https://{host}/fhir"
+    pretty = client.get("/fhir/metadata?_pretty=true")
+    assert pretty.status_code == 200 and b"\n" in pretty.data
+
 def test_unexpected_errors_are_500_outcomes_without_a_stack_trace(client, app, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("secret internal detail")
