@@ -19,10 +19,11 @@ TYPE_OPERATIONS = {
     "Patient": [("everything", R4_OPERATION + "Patient-everything"), ("export", BULK_OPERATION + "patient-export")],
     "Group": [("export", BULK_OPERATION + "group-export")],
 }
+#: the project's operations, published from profiles/OperationDefinition-*.json (services/publication.py)
 DMP_OPERATION = "https://dmp.example.org/fhir/OperationDefinition/"
 #: the record's own operations (fhir_server/http/record_api.py), served when the record's rules are on
-RECORD_OPERATIONS = [("emergency-access", DMP_OPERATION + "Patient-emergency-access"),
-                     ("close", DMP_OPERATION + "Patient-close")]
+RECORD_OPERATIONS = [("emergency-access", DMP_OPERATION + "dmp-patient-emergency-access"),
+                     ("close", DMP_OPERATION + "dmp-patient-close")]
 SUPPORTED_SEARCH_TYPES = {"number", "date", "string", "token", "reference", "composite", "quantity", "uri"}
 
 
@@ -91,7 +92,7 @@ def capability_statement(definitions: Definitions, registry: SearchParameterRegi
                  "documentation": "Resource types to search across (system-level search)"},
             ],
             "operation": [{"name": "export", "definition": BULK_OPERATION + "export"},
-                          {"name": "import", "definition": DMP_OPERATION + "import"},  # bulk_api, ADR 0006
+                          {"name": "import", "definition": DMP_OPERATION + "dmp-import"},  # bulk_api, ADR 0006
                           {"name": "meta", "definition": R4_OPERATION + "Resource-meta"}],
         }],
     }

@@ -1,7 +1,8 @@
 """Publish the record's definitions (``profiles/``) as readable, searchable resources at ``/fhir``.
 
 Integrators read and search the StructureDefinitions, ValueSets and CodeSystems they must
-meet (``GET /fhir/StructureDefinition?url=...``). Those types are read-only for clients: the
+meet (``GET /fhir/StructureDefinition?url=...``) and the OperationDefinitions of the operations the
+CapabilityStatement names under the project's base. Those types are read-only for clients: the
 server itself writes them from the ``profiles/`` folder, once at ``serve`` start-up, through
 the normal store transaction and indexer, so searches work as on any resource. A definition
 whose content did not change makes no new version, so publishing again is cheap and idempotent.
@@ -15,7 +16,7 @@ from fhir_server.definitions import DEFAULT_RESOURCES
 from fhir_server.model import jsonio
 from fhir_server.services.resources import ResourceService
 
-PUBLISHED_TYPES = ("StructureDefinition", "ValueSet", "CodeSystem")
+PUBLISHED_TYPES = ("StructureDefinition", "ValueSet", "CodeSystem", "OperationDefinition")
 DEFAULT_FOLDER = DEFAULT_RESOURCES.parent / "profiles"
 
 

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "profiles"
 EXAMPLES = PROFILES / "examples"
 BASE = "https://dmp.example.org/fhir"
-KINDS = ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter")
+KINDS = ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter", "OperationDefinition")
 # Publishers of the official definitions copied here (each copy is listed in profiles/SOURCES.md).
 OFFICIAL = ("https://hl7.fr/ig/fhir/core/", "https://mos.esante.gouv.fr/NOS/",
             "https://interop.esante.gouv.fr/ig/fhir/",

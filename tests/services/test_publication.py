@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from fhir_server.services.capability import DMP_OPERATION, with_record_operations
 from fhir_server.services.publication import publish
 
 DMP_PATIENT = "https://dmp.example.org/fhir/StructureDefinition/dmp-patient"
@@ -43,3 +44,27 @@ def test_the_capability_statement_lists_the_operations_that_run(client):
     assert {"export", "meta"} <= {o["name"] for o in rest["operation"]}
     patient = next(r for r in rest["resource"] if r["type"] == "Patient")
     assert {"everything", "export", "validate"} <= {o["name"] for o in patient["operation"]}
+
+
+def _project_operations(statement: dict) -> list[tuple[str, str, str | None]]:
+    """(name, definition, resource type or None at system level) of each operation under the project's base."""
+    rest = statement["rest"][0]
+    listed = [(o["name"], o["definition"], None) for o in rest["operation"]]
+    listed += [(o["name"], o["definition"], r["type"]) for r in rest["resource"] for o in r.get("operation", [])]
+    return [op for op in listed if op[1].startswith(DMP_OPERATION)]
+
+
+def test_every_operation_the_capability_statement_names_under_our_base_is_published(app, client, engine):
+    server = app.extensions["fhir"]
+    publish(server.resources)
+    statement = with_record_operations(client.get("/fhir/metadata").get_json())  # as served under record rules
+    operations = _project_operations(statement)
+    assert {name for name, _, _ in operations} == {"import", "emergency-access", "close"}
+    for name, url, rtype in operations:
+        found = client.get(f"/fhir/OperationDefinition?url={url}").get_json()
+        assert found["total"] == 1, url
+        definition = found["entry"][0]["resource"]
+        assert definition["code"] == name
+        assert definition["system"] is (rtype is None)
+        assert definition.get("resource", []) == ([rtype] if rtype else [])
+        assert engine.validator.validate(definition) == [], url  # valid R4
