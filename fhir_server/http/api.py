@@ -11,7 +11,7 @@ from flask import Blueprint, Response, g, request
 
 from fhir_server.audit import capture as audit_capture
 from fhir_server.audit import check_client_create
-from fhir_server.http.negotiation import read_json
+from fhir_server.http.negotiation import read_json, read_patch
 from fhir_server.http.rendering import version_headers
 from fhir_server.http.responses import base_url, fhir, prefer_value, resource_response, respond
 from fhir_server.model.outcome import FHIRError, Issue, operation_outcome
@@ -74,7 +74,7 @@ def update(rtype: str, rid: str) -> Response:
 
 @api.patch(f"/{TYPE}/{ID}")
 def patch(rtype: str, rid: str) -> Response:
-    result = fhir().resources.patch(g.principal, rtype, rid, read_json(request, patch=True), _if_match())
+    result = fhir().resources.patch(g.principal, rtype, rid, read_patch(request), _if_match())
     return resource_response(result.resource, 200, issues=result.outcome)
 
 
@@ -112,7 +112,7 @@ def conditional_update(rtype: str) -> Response:
 @api.patch(f"/{TYPE}")
 def conditional_patch(rtype: str) -> Response:
     criteria = _require_criteria("patch")
-    result = fhir().resources.conditional_patch(g.principal, rtype, criteria, read_json(request, patch=True),
+    result = fhir().resources.conditional_patch(g.principal, rtype, criteria, read_patch(request),
                                                 _if_match())
     return resource_response(result.resource, 200, issues=result.outcome)
 

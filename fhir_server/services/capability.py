@@ -80,7 +80,7 @@ def capability_statement(definitions: Definitions, registry: SearchParameterRegi
         "software": {"name": "fhir-dmp-server", "version": __version__},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/merge-patch+json"],
         "rest": [{
             "mode": "server",
             "documentation": "FHIR R4 REST API of the shared medical record (DMP)",

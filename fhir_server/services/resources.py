@@ -25,6 +25,7 @@ from fhir_server.access.gate import AccessGate, Principal, id_clause
 from fhir_server.definitions import Definitions
 from fhir_server.model import jsonio
 from fhir_server.model.ids import new_id
+from fhir_server.model.merge_patch import merge_patch
 from fhir_server.model.outcome import FHIRError, Issue, bad_request, not_found
 from fhir_server.search.entries import IndexEntries, PackedIndex
 from fhir_server.search.extract import Indexer
@@ -434,15 +435,19 @@ class ResourceService:
     def patch_in(self, tx: Transaction, principal: Principal, rtype: str, rid: str, patch: Any,
                  if_match: int | None = None) -> WriteResult:
         self.served(rtype, "patch")
-        if not isinstance(patch, list):
-            raise bad_request("A JSON Patch body must be an array of operations (RFC 6902)", code="structure")
+        if not isinstance(patch, (list, dict)):
+            raise bad_request("A PATCH body is a JSON Patch (an array of operations, RFC 6902) or a JSON Merge "
+                              "Patch (an object, RFC 7386)", code="structure")
         self.gate.authorize(principal, "patch", rtype, None)
         current = tx.current(rtype, rid)
         if current is None or current.deleted or not self.visible(principal, "patch", rtype, rid, tx):
             raise not_found(f"{rtype}/{rid} is not known")
         self.check_if_match(current, if_match)
         try:
-            patched = jsonpatch.apply_patch(jsonio.loads(current.body), patch)
+            if isinstance(patch, dict):
+                patched = merge_patch(jsonio.loads(current.body), patch)
+            else:
+                patched = jsonpatch.apply_patch(jsonio.loads(current.body), patch)
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             status = 422 if isinstance(exc, jsonpatch.JsonPatchTestFailed) else 400
             raise FHIRError.of(status, "processing", f"The patch cannot be applied: {exc}") from None

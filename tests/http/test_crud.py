@@ -209,6 +209,39 @@ def test_json_patch_changes_the_resource_and_validates_the_result(client):
     assert client.get(url).get_json()["gender"] == "male"
 
 
+
+def test_merge_patch_replaces_members_and_null_removes_one(client):
+    created = post(client, patient()).get_json()
+    url = f"/fhir/Patient/{created['id']}"
+    merge = {"gender": "male", "birthDate": None, "name": [{"family": "Martin"}]}
+    patched = client.patch(url, data=json.dumps(merge), headers={"Content-Type": "application/merge-patch+json"})
+    assert patched.status_code == 200, patched.get_json()
+    body = patched.get_json()
+    assert body["gender"] == "male" and "birthDate" not in body and body["name"] == [{"family": "Martin"}]
+    assert body["meta"]["versionId"] == "2"
+    # fhirpy's patch(): a partial resource sent as plain JSON
+    again = client.patch(url, data=json.dumps({"gender": "female"}), headers={"Content-Type": "application/json"})
+    assert again.status_code == 200 and again.get_json()["gender"] == "female"
+    assert client.get(url).get_json()["meta"]["versionId"] == "3"
+
+
+def test_a_patch_body_must_match_its_media_type_and_leave_a_valid_resource(client):
+    created = post(client, patient()).get_json()
+    url = f"/fhir/Patient/{created['id']}"
+    refusals = [
+        ("application/json-patch+json", {"gender": "male"}, 400),  # a JSON Patch is an array
+        ("application/merge-patch+json", [{"op": "remove", "path": "/gender"}], 400),  # a merge patch an object
+        ("application/fhir+json", {"resourceType": "Parameters", "parameter": []}, 415),  # FHIRPath Patch
+        ("application/merge-patch+json", {"gender": "robot"}, 400),  # the result must validate
+        ("application/merge-patch+json", {"id": "someone-else"}, 400),  # nor change the resource's id
+        ("text/plain", {"gender": "male"}, 415),
+    ]
+    for mime, body, status in refusals:
+        response = client.patch(url, data=json.dumps(body), headers={"Content-Type": mime})
+        assert response.status_code == status, (mime, body, response.get_json())
+        assert response.get_json()["resourceType"] == "OperationOutcome"
+    assert client.get(url).get_json() == created  # nothing changed
+
 # -- delete ------------------------------------------------------------------------------------
 def test_delete_then_read_is_410_and_history_keeps_every_version(client):
     created = post(client, patient()).get_json()
