@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import html
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -93,6 +93,9 @@ class AuditEventBuilder:
         self.matcher = CompartmentMatcher(server.indexer, server.engine.registry,
                                           server.definitions.patient_compartment)
         self._identifiers: dict[str, dict | None] = {}  # fhirUser -> RPPS identifier (or None)
+        # the security labels a trace must carry for an item it names (bytes or dict body -> codings): set by the
+        # record's rules (policy/trace_visibility.py), so that a trace is hidden from whom its items are hidden
+        self.item_labels: Callable[[Any], list[dict]] | None = None
 
     # -- the event ---------------------------------------------------------------------------
     def build(self, record: AuditRecord) -> dict:
@@ -129,8 +132,29 @@ class AuditEventBuilder:
         entities = self.entities(record)
         if entities:
             event["entity"] = entities
+        if self.item_labels is not None:
+            security = self.security(record)
+            if security:
+                event["meta"] = {"security": security}
         event["text"] = {"status": "generated", "div": self.narrative(event)}
         return event
+
+    def security(self, record: AuditRecord) -> list[dict]:
+        """The labels of the items the trace names (:attr:`item_labels`), each once."""
+        seen: set[tuple] = set()
+        out = []
+        for item in record.items:
+            if not item.type or not item.id or item.mode == "file":
+                continue
+            body = item.body
+            if body is None and item.deleted and record.status < 400:
+                body = self._stored_body(item)
+            for coding in self.item_labels(body) if body is not None else ():
+                key = (coding.get("system"), coding.get("code"))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(coding)
+        return out
 
     @staticmethod
     def narrative(event: dict) -> str:

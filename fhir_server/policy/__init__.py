@@ -11,6 +11,7 @@ professionals, patients and legal representatives reach, from the record's own d
   rules (authorship, label-only changes, who may write which consent);
 * :mod:`.emergency` — emergency access ("bris de glace", SAMU regulation) as an explicit operation;
 * :mod:`.notifications` and :mod:`.schedule` — what the patient is told, and the timed rules.
+* :mod:`.trace_visibility` — a trace naming an item hidden from the patient is hidden with it.
 """
 
 
@@ -32,6 +33,11 @@ def install(app, server, jobs: bool = False) -> None:  # noqa: ANN001 (Flask app
     server.add_write_listener(notifier.on_write)
     from fhir_server.policy.provenance import PatientEntries
     server.add_write_listener(PatientEntries(server).on_write)
+    from fhir_server.policy.trace_visibility import TraceRelabeller, hiding_labels
+    auditor = getattr(server, "audit", None)
+    if auditor is not None:  # traces naming an item hidden from the patient are hidden with it
+        auditor.builder.item_labels = hiding_labels
+    server.add_write_listener(TraceRelabeller(server).on_write)
     interval = getattr(server.settings, "record_jobs_interval", 3600.0)
     if jobs and interval > 0:
         from fhir_server.policy.schedule import run_record_jobs

@@ -116,6 +116,43 @@ def test_items_invisible_to_the_patient_until_a_professional_lifts_the_label(dmp
     assert dmp.get("/fhir/Observation/o1", me).status_code == 200
 
 
+
+def _traces(dmp: Smart, headers: dict, pid: str = "pa") -> list[set[str]]:
+    """The items each trace of ``pid``'s record names, as ``headers`` sees those traces."""
+    dmp.client.application.extensions["fhir_audit"].flush()
+    response = dmp.get(f"/fhir/AuditEvent?patient=Patient/{pid}&_count=500", headers)
+    assert response.status_code == 200, response.get_json()
+    return [{e["what"]["reference"].split("/_history/")[0] for e in entry["resource"].get("entity", [])
+             if "reference" in e.get("what", {}) and not e["what"]["reference"].startswith("Patient/")}
+            for entry in response.get_json().get("entry", [])]
+
+
+def test_traces_naming_an_item_hidden_from_the_patient_are_hidden_until_it_is_shown(dmp):
+    gp, dra, me = pro(dmp, "gp"), pro(dmp, "drA"), holder(dmp)
+    invisible = {"security": [{"system": VIS, "code": "INVISIBLE_PATIENT"}]}
+    write(dmp, gp, observation("o1", "pa", LAB, meta=invisible))
+    write(dmp, gp, observation("o3", "pa", LAB, meta=invisible))
+    write(dmp, gp, observation("o2", "pa", LAB))
+    assert dmp.get("/fhir/Observation/o1", dra).status_code == 200
+    assert found(dmp, "/fhir/Observation?subject=Patient/pa", dra) == {"o1", "o2", "o3"}
+    # the patient sees the traces of o2, and nothing that names o1 or o3: not their creation, read or search
+    mine = _traces(dmp, me)
+    assert any(t == {"Observation/o2"} for t in mine)
+    assert not any(t & {"Observation/o1", "Observation/o3"} for t in mine)
+    # the treating doctor sees every trace of the record
+    assert any(t == {"Observation/o1", "Observation/o2", "Observation/o3"} for t in _traces(dmp, gp))
+    # o1 is shown: the traces naming only o1 appear; the search that also named o3 stays hidden
+    assert label(dmp, gp, "/fhir/Observation/o1", "remove") == 200
+    mine = _traces(dmp, me)
+    assert sum(t == {"Observation/o1"} for t in mine) >= 2  # gp's write and drA's read (and the lifting write)
+    assert not any("Observation/o3" in t for t in mine)
+    # o3 is shown by the schedule's path (a server write): every trace is visible now
+    app = dmp.client.application
+    from fhir_server.policy.schedule import _system_write, lift_label
+    current = dmp.get("/fhir/Observation/o3", gp).get_json()
+    assert _system_write(app.extensions["fhir"], lift_label(current, "INVISIBLE_PATIENT"))
+    assert {"Observation/o1", "Observation/o2", "Observation/o3"} in _traces(dmp, me)
+
 # -- minors and their representatives (rule 8) ---------------------------------------------------------------
 def test_representatives_act_for_a_minor_except_what_is_hidden_from_them_until_majority(dmp, clock):
     gp = pro(dmp, "gp")
@@ -125,10 +162,12 @@ def test_representatives_act_for_a_minor_except_what_is_hidden_from_them_until_m
     parent = representative(dmp)
     assert found(dmp, "/fhir/Observation", parent) == {"m1"}
     assert dmp.get("/fhir/Observation/m2", parent).status_code == 404
+    assert not any("Observation/m2" in t for t in _traces(dmp, parent, "pm"))  # nor any trace naming it
     write(dmp, parent, allergy("al1", "pm", "peanuts"))
     # lifting the label is irreversible
     assert label(dmp, gp, "/fhir/Observation/m2", "remove") == 200
     assert found(dmp, "/fhir/Observation", parent) == {"m1", "m2"}
+    assert any("Observation/m2" in t for t in _traces(dmp, parent, "pm"))
     assert label(dmp, gp, "/fhir/Observation/m2", "add", "INVISIBLE_REPRESENTANTS_LEGAUX") == 403
     # not the representative of another patient
     assert dmp.get("/fhir/Observation", representative(dmp, "pa")).status_code == 403  # reaches nothing
