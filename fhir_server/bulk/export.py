@@ -34,7 +34,7 @@ from fhir_server.search.query import AnyOf, Clause, Query, ReferenceValue, Token
 
 OUTPUT_FORMATS = {"application/fhir+ndjson", "application/ndjson", "ndjson"}
 NDJSON = "application/fhir+ndjson"
-UNSUPPORTED = {"_elements", "includeAssociatedData", "patient"}  # known to the IG, not implemented here
+UNSUPPORTED = {"_elements", "includeAssociatedData"}  # known to the IG, not implemented here
 IGNORED = {"_format", "_pretty"}
 RESULT_PARAMS = ("_include", "_revinclude", "_sort", "_count", "_summary", "_elements", "_total", "_contained",
                  "_containedType", "_page", "_format", "_pretty")
@@ -76,7 +76,7 @@ def plan_export(server: Any, principal: Principal, kind: str, params: list[tuple
     for name, value in params:
         if name in IGNORED:
             continue
-        if name in ("_outputFormat", "_since", "_type", "_typeFilter"):
+        if name in ("_outputFormat", "_since", "_type", "_typeFilter", "patient"):
             values.setdefault(name, []).append(value)
             continue
         message = (f"The parameter '{name}' is not supported by this server" if name in UNSUPPORTED
@@ -154,8 +154,56 @@ def plan_export(server: Any, principal: Principal, kind: str, params: list[tuple
             if rtype is not None:
                 filters.setdefault(rtype, []).append(query)
 
+    patients = _patients(server, principal, kind, group, values.get("patient", []), lenient, issues)
     return {"types": types, "since": since, "type_filters": {k: _dedupe(v) for k, v in filters.items()},
-            "group": group, "output_format": NDJSON, "issues": [i.to_fhir() for i in issues]}
+            "group": group, "patients": patients, "output_format": NDJSON, "issues": [i.to_fhir() for i in issues]}
+
+
+def _patients(server: Any, principal: Principal, kind: str, group: str | None, references: list[str],
+              lenient: bool, issues: list[Issue]) -> list[str] | None:
+    """The ids named by ``patient`` (Bulk Data 2.0: the export holds only their compartments), or None.
+
+    A patient the principal cannot see, or (Group-level) not an active member of the Group, is a 400
+    naming it: the IG asks for an error rather than a silently smaller (or larger) export."""
+    if not references:
+        return None
+    if kind == "system":
+        problem = "patient applies to Patient- and Group-level exports only"
+        if not lenient:
+            raise FHIRError.of(400, "not-supported", problem, "patient")
+        issues.append(Issue("warning", "not-supported", f"{problem}; it was ignored", "patient"))
+        return None
+    members = set(group_member_ids(server, group)) if kind == "group" and group else None
+    ids = []
+    for reference in references:
+        parsed = parse_reference(reference.strip(), server.indexer.resource_types)
+        if parsed is None or parsed[0] != "Patient" or not parsed[1]:
+            raise FHIRError.of(400, "invalid", f"patient '{reference}' is not a reference to a Patient", "patient")
+        pid = parsed[1]
+        stored = server.store.read("Patient", pid)
+        if stored is None or stored.deleted or not server.resources.visible(principal, "read", "Patient", pid):
+            raise FHIRError.of(400, "not-found", f"patient: Patient/{pid} is not known", "patient")
+        if members is not None and pid not in members:
+            raise FHIRError.of(400, "invalid", f"patient: Patient/{pid} is not a member of Group/{group}", "patient")
+        ids.append(pid)
+    return _dedupe(ids)
+
+
+def group_member_ids(server: Any, group_id: str) -> list[str]:
+    """Patient ids of the Group's active ``member.entity`` references, in order."""
+    stored = server.store.read("Group", group_id)
+    if stored is None or stored.deleted:
+        raise GroupGone(f"Group/{group_id} no longer exists")
+    group = orjson.loads(stored.body)
+    ids = []
+    for member in group.get("member") or ():
+        if not isinstance(member, dict) or member.get("inactive") is True:
+            continue
+        ref = (member.get("entity") or {}).get("reference")
+        parsed = parse_reference(ref, server.indexer.resource_types) if isinstance(ref, str) else None
+        if parsed is not None and parsed[0] == "Patient" and parsed[1]:
+            ids.append(parsed[1])
+    return _dedupe(ids)
 
 
 def _check_filter(server: Any, text: str, types: list[str], lenient: bool,
@@ -323,7 +371,7 @@ class Exporter:
     def run(self, job: Any, directory: Path, control: Control) -> dict[str, Any]:
         spec = job.spec
         principal = principal_from_dict(job.principal)
-        members = self.group_members(spec["group"]) if job.kind == "group" else None
+        members = self.members(job.kind, spec)
         output: list[dict[str, Any]] = []
         types = spec["types"]
         for number, rtype in enumerate(types, 1):
@@ -343,21 +391,17 @@ class Exporter:
             errors.append({"type": "OperationOutcome", "file": name, "count": len(spec["issues"])})
         return {"output": output, "error": errors}
 
-    def group_members(self, group_id: str) -> list[str]:
-        """Patient ids of the Group's active ``member.entity`` references, in order."""
-        stored = self.server.store.read("Group", group_id)
-        if stored is None or stored.deleted:
-            raise GroupGone(f"Group/{group_id} no longer exists")
-        group = orjson.loads(stored.body)
-        ids = []
-        for member in group.get("member") or ():
-            if not isinstance(member, dict) or member.get("inactive") is True:
-                continue
-            ref = (member.get("entity") or {}).get("reference")
-            parsed = parse_reference(ref, self.server.indexer.resource_types) if isinstance(ref, str) else None
-            if parsed is not None and parsed[0] == "Patient" and parsed[1]:
-                ids.append(parsed[1])
-        return _dedupe(ids)
+    def members(self, kind: str, spec: dict) -> list[str] | None:
+        """The patients whose compartments the export holds: the Group's members, those named by ``patient``
+        (among the members, for a Group), or None for every patient."""
+        chosen = spec.get("patients")
+        if kind == "group":
+            members = group_member_ids(self.server, spec["group"])
+            if chosen is None:
+                return members
+            named = set(chosen)
+            return [m for m in members if m in named]
+        return chosen if kind == "patient" else None
 
     # .. one type ..
     def pages(self, kind: str, rtype: str, spec: dict, principal: Principal,
@@ -369,13 +413,13 @@ class Exporter:
         filters = [parser.parse((rtype,), parse_qsl(q, keep_blank_values=True)).query.clauses
                    for q in spec.get("type_filters", {}).get(rtype, [])] or [[]]
         links = tuple(self.server.definitions.patient_compartment.get(rtype, ()))
-        if kind == "group":
+        if members is not None:
             size = self.settings.member_chunk
             chunks: list[list[str] | None] = [members[i:i + size] for i in range(0, len(members or ()), size)]
             chunk_of = {pid: n for n, chunk in enumerate(chunks) for pid in chunk} if len(chunks) > 1 else {}
         else:
             chunks, chunk_of = [None], {}
-        check_compartment = kind == "patient" and rtype != "Patient"
+        check_compartment = kind == "patient" and rtype != "Patient" and members is None
         for number, chunk in enumerate(chunks):
             scope = self._member_clause(rtype, links, chunk) if chunk is not None else []
             for index, clauses in enumerate(filters):

@@ -418,18 +418,60 @@ def test_kickoff_parameters(store, engine, tmp_path):
 
 def test_ignored_parameters_are_reported_in_the_error_files(bulk_client, bulk_app, record):
     body = {"resourceType": "Parameters", "parameter": [
-        {"name": "_type", "valueString": "Patient"},
-        {"name": "patient", "valueReference": {"reference": f"Patient/{record['Patient'][0]['id']}"}}]}
+        {"name": "_type", "valueString": "Patient"}, {"name": "_elements", "valueString": "id"}]}
     strict = bulk_client.post("/fhir/Patient/$export", data=json.dumps(body),
                               headers={**KICKOFF_HEADERS, "Prefer": "respond-async, handling=strict",
                                        "Content-Type": "application/fhir+json"})
     assert strict.status_code == 400
     manifest, exported = export(bulk_client, bulk_app, "/fhir/Patient/$export", method="POST", body=body)
-    assert len(exported["Patient"]) == 2  # 'patient' was ignored: every patient
+    assert len(exported["Patient"]) == 2 and set(exported["Patient"][0]) != {"resourceType", "id"}  # ignored
     [error] = manifest["error"]
     assert error["type"] == "OperationOutcome" and error["count"] == 1
     outcome = json.loads(bulk_client.get(local(error["url"])).data.splitlines()[0])
-    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["expression"] == ["patient"]
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["expression"] == ["_elements"]
+
+
+def _patient_parameters(*pids: str, **values: str) -> dict:
+    return {"resourceType": "Parameters", "parameter": [
+        *({"name": "patient", "valueReference": {"reference": f"Patient/{pid}"}} for pid in pids),
+        *({"name": name, "valueString": value} for name, value in values.items())]}
+
+
+def test_the_patient_parameter_narrows_a_patient_level_export_to_those_compartments(bulk_client, bulk_app, record):
+    one, two = (p["id"] for p in record["Patient"])
+    manifest, exported = export(bulk_client, bulk_app, "/fhir/Patient/$export", method="POST",
+                                body=_patient_parameters(one))
+    assert manifest["error"] == []
+    assert ids(exported["Patient"]) == {one}
+    mine = {o["id"] for o in record["Observation"] if o["subject"]["reference"] == f"Patient/{one}"}
+    assert ids(exported["Observation"]) == mine and len(mine) == 2
+    assert [c["subject"]["reference"] for c in exported["Condition"]] == [f"Patient/{one}"]
+    # with _type, and naming both: both compartments
+    _, exported = export(bulk_client, bulk_app, "/fhir/Patient/$export", method="POST",
+                         body=_patient_parameters(one, two, _type="Condition"))
+    assert set(exported) == {"Condition"} and ids(exported["Condition"]) == ids(record["Condition"])
+
+
+def test_the_patient_parameter_of_a_group_export_must_name_members(store, engine, tmp_path):
+    app = make_bulk_app(store, engine, tmp_path / "bulk")
+    client = app.test_client()
+    a, b, c = (create(app, patient(n)) for n in "ABC")
+    obs = {p["id"]: create(app, observation(f"Patient/{p['id']}")) for p in (a, b, c)}
+    cohort = create(app, group(a["id"], b["id"]))
+    url = f"/fhir/Group/{cohort['id']}/$export"
+    _, exported = export(client, app, url, method="POST", body=_patient_parameters(b["id"]))
+    assert ids(exported["Patient"]) == {b["id"]} and ids(exported["Observation"]) == {obs[b["id"]]["id"]}
+    headers = {**KICKOFF_HEADERS, "Content-Type": "application/fhir+json"}
+    refusals = [(url, _patient_parameters(c["id"]), "not a member"),  # exists, outside the Group
+                (url, _patient_parameters("nobody"), "not known"),
+                ("/fhir/Patient/$export", {"resourceType": "Parameters", "parameter": [
+                    {"name": "patient", "valueReference": {"reference": "Observation/x"}}]}, "not a reference"),
+                ("/fhir/$export", _patient_parameters(a["id"]), "Patient- and Group-level")]
+    for where, body, message in refusals:
+        response = client.post(where, data=json.dumps(body), headers=headers)
+        assert response.status_code == 400, (where, body)
+        issue = response.get_json()["issue"][0]
+        assert message in issue["diagnostics"] and issue["expression"] == ["patient"]
 
 
 # -- access ---------------------------------------------------------------------------------------
