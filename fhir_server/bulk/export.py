@@ -34,7 +34,7 @@ from fhir_server.search.query import AnyOf, Clause, Query, ReferenceValue, Token
 
 OUTPUT_FORMATS = {"application/fhir+ndjson", "application/ndjson", "ndjson"}
 NDJSON = "application/fhir+ndjson"
-UNSUPPORTED = {"_elements", "includeAssociatedData"}  # known to the IG, not implemented here
+UNSUPPORTED = {"includeAssociatedData"}  # known to the IG, not implemented here
 IGNORED = {"_format", "_pretty"}
 RESULT_PARAMS = ("_include", "_revinclude", "_sort", "_count", "_summary", "_elements", "_total", "_contained",
                  "_containedType", "_page", "_format", "_pretty")
@@ -76,7 +76,7 @@ def plan_export(server: Any, principal: Principal, kind: str, params: list[tuple
     for name, value in params:
         if name in IGNORED:
             continue
-        if name in ("_outputFormat", "_since", "_type", "_typeFilter", "patient"):
+        if name in ("_outputFormat", "_since", "_type", "_typeFilter", "_elements", "patient"):
             values.setdefault(name, []).append(value)
             continue
         message = (f"The parameter '{name}' is not supported by this server" if name in UNSUPPORTED
@@ -155,8 +155,51 @@ def plan_export(server: Any, principal: Principal, kind: str, params: list[tuple
                 filters.setdefault(rtype, []).append(query)
 
     patients = _patients(server, principal, kind, group, values.get("patient", []), lenient, issues)
+    elements = _elements(server, values.get("_elements", []), types, issues)
     return {"types": types, "since": since, "type_filters": {k: _dedupe(v) for k, v in filters.items()},
-            "group": group, "patients": patients, "output_format": NDJSON, "issues": [i.to_fhir() for i in issues]}
+            "group": group, "patients": patients, "elements": elements, "output_format": NDJSON,
+            "issues": [i.to_fhir() for i in issues]}
+
+
+def _elements(server: Any, values: list[str], types: list[str], issues: list[Issue]) -> dict[str, list[str]]:
+    """``_elements`` per exported type: ``[type].[element]`` for that type, ``[element]`` for every type that
+    has it (Bulk Data 2.0). Only root elements; a type none of whose elements were named is exported whole."""
+    common, typed = [], {}
+    for value in values:
+        for text in (t.strip() for t in value.split(",")):
+            if not text:
+                continue
+            head, _, rest = text.partition(".")
+            rtype, name = (head, rest) if rest and head[:1].isupper() else (None, text)
+            if "." in name or not name:
+                raise FHIRError.of(400, "invalid", f"_elements '{text}': only root elements ([type].[element] or "
+                                   "[element]) may be named", "_elements")
+            if rtype is None:
+                common.append(name)
+            elif rtype in types:
+                typed.setdefault(rtype, []).append(name)
+            else:
+                issues.append(Issue("warning", "informational", f"_elements '{text}' is for {rtype}, which this "
+                                    "export does not include; it was ignored", "_elements"))
+    out = {}
+    for rtype in types:
+        known = _root_elements(server, rtype)
+        names = [n for n in (*common, *typed.get(rtype, ())) if n.removesuffix("[x]") in known]
+        if names:
+            out[rtype] = _dedupe(names)
+    named = {n.removesuffix("[x]") for names in out.values() for n in names}
+    for name in _dedupe([*common, *(n for names in typed.values() for n in names)]):
+        if name.removesuffix("[x]") not in named:
+            issues.append(Issue("warning", "informational", f"_elements '{name}' is not an element of any exported "
+                                "type; it was ignored", "_elements"))
+    return out
+
+
+def _root_elements(server: Any, rtype: str) -> set[str]:
+    """The names of ``rtype``'s root elements (``value[x]`` as ``value``), from its StructureDefinition."""
+    definition = server.definitions.structures.get(rtype) or {}
+    return {e["path"].split(".")[1].removesuffix("[x]") for e in (definition.get("snapshot") or {}).get("element", [])
+            if e["path"].count(".") == 1}
 
 
 def _patients(server: Any, principal: Principal, kind: str, group: str | None, references: list[str],
@@ -377,8 +420,9 @@ class Exporter:
         for number, rtype in enumerate(types, 1):
             writer = NDJSONWriter(directory, rtype, self.settings.max_file_bytes, self.settings.max_file_resources)
             try:
+                elements = (spec.get("elements") or {}).get(rtype)
                 for bodies in self.pages(job.kind, rtype, spec, principal, members):
-                    writer.write(bodies)
+                    writer.write(self._subset(bodies, elements) if elements else bodies)
                     control.page_done(f"{rtype}: {writer.total} resources (type {number} of {len(types)})")
             finally:
                 output += writer.close()
@@ -390,6 +434,11 @@ class Exporter:
                     f.write(jsonio.dumps({"resourceType": "OperationOutcome", "issue": [issue]}) + b"\n")
             errors.append({"type": "OperationOutcome", "file": name, "count": len(spec["issues"])})
         return {"output": output, "error": errors}
+
+    def _subset(self, bodies: list[bytes], elements: list[str]) -> list[bytes]:
+        """Each resource reduced to ``elements`` and the mandatory ones, tagged SUBSETTED (``_elements``)."""
+        renderer = self.server.renderer
+        return [jsonio.dumps(renderer.subset(jsonio.loads(body), None, elements)) for body in bodies]
 
     def members(self, kind: str, spec: dict) -> list[str] | None:
         """The patients whose compartments the export holds: the Group's members, those named by ``patient``

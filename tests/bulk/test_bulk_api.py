@@ -391,7 +391,7 @@ KICKOFF_CASES = [
     ("/fhir/$export?_typeFilter=Observation%3Fcode%3Dx%26_sort%3Dcode", None, 400),
     ("/fhir/$export?_typeFilter=Observation%3Funknown%3Dx", None, 400),
     ("/fhir/$export?_typeFilter=Observation%3Funknown%3Dx", "respond-async, handling=lenient", 202),
-    ("/fhir/$export?_elements=id", "respond-async, handling=strict", 400),
+    ("/fhir/$export?includeAssociatedData=LatestProvenanceResources", "respond-async, handling=strict", 400),
     ("/fhir/$export?_elements=id&includeAssociatedData=LatestProvenanceResources", None, 202),
     ("/fhir/$export?_outputFormat=ndjson&_outputFormat=application/ndjson", None, 400),
     ("/fhir/$export?_outputFormat=application%2Fndjson", None, 202),
@@ -418,18 +418,38 @@ def test_kickoff_parameters(store, engine, tmp_path):
 
 def test_ignored_parameters_are_reported_in_the_error_files(bulk_client, bulk_app, record):
     body = {"resourceType": "Parameters", "parameter": [
-        {"name": "_type", "valueString": "Patient"}, {"name": "_elements", "valueString": "id"}]}
+        {"name": "_type", "valueString": "Patient"},
+        {"name": "includeAssociatedData", "valueCode": "LatestProvenanceResources"}]}
     strict = bulk_client.post("/fhir/Patient/$export", data=json.dumps(body),
                               headers={**KICKOFF_HEADERS, "Prefer": "respond-async, handling=strict",
                                        "Content-Type": "application/fhir+json"})
     assert strict.status_code == 400
     manifest, exported = export(bulk_client, bulk_app, "/fhir/Patient/$export", method="POST", body=body)
-    assert len(exported["Patient"]) == 2 and set(exported["Patient"][0]) != {"resourceType", "id"}  # ignored
+    assert len(exported["Patient"]) == 2
     [error] = manifest["error"]
     assert error["type"] == "OperationOutcome" and error["count"] == 1
     outcome = json.loads(bulk_client.get(local(error["url"])).data.splitlines()[0])
-    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["expression"] == ["_elements"]
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["expression"] == ["includeAssociatedData"]
 
+
+
+def test_elements_keep_the_named_root_elements_and_the_mandatory_ones(bulk_client, bulk_app, record):
+    manifest, exported = export(bulk_client, bulk_app, "/fhir/$export?_type=Patient,Observation,Condition"
+                                "&_elements=id,Observation.code,Patient.name,Encounter.status")
+    subsetted = "SUBSETTED"
+    for resources in exported.values():
+        assert all(subsetted in {t["code"] for t in r["meta"]["tag"]} for r in resources)
+    assert {k for p in exported["Patient"] for k in p} == {"resourceType", "id", "meta", "name"}
+    # Observation.status is mandatory: kept with the named code
+    assert {k for o in exported["Observation"] for k in o} == {"resourceType", "id", "meta", "code", "status"}
+    assert {k for c in exported["Condition"] for k in c} == {"resourceType", "id", "meta", "subject"}
+    assert ids(exported["Observation"]) == ids(record["Observation"])
+    # a type the export does not hold is reported in the error file
+    [error] = manifest["error"]
+    outcome = json.loads(bulk_client.get(local(error["url"])).data.splitlines()[0])
+    assert "Encounter" in outcome["issue"][0]["diagnostics"]
+    refused = bulk_client.get("/fhir/$export?_elements=name.given", headers=KICKOFF_HEADERS)
+    assert refused.status_code == 400 and refused.get_json()["issue"][0]["expression"] == ["_elements"]
 
 def _patient_parameters(*pids: str, **values: str) -> dict:
     return {"resourceType": "Parameters", "parameter": [
