@@ -39,6 +39,8 @@ class Settings:
     # one), and the seconds between two purges of expired care items in each `serve` process (0: no periodic purge)
     clock: Callable[[], datetime] = field(default=system_clock, compare=False, repr=False)
     purge_interval: float = 6 * 3600
+    # URL prefixes rest-hook notifications may go to (subscriptions/endpoints.py); empty: any http(s) endpoint
+    subscription_endpoints: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.profile_mode not in PROFILE_MODES:
@@ -61,6 +63,8 @@ class Settings:
             "smtp_url": env.get("FHIR_SERVER_SMTP_URL") or None,
             "sms_gateway_url": env.get("FHIR_SERVER_SMS_GATEWAY_URL") or None,
             "purge_interval": float(env.get("FHIR_SERVER_PURGE_INTERVAL", cls.purge_interval)),
+            "subscription_endpoints": tuple(u.strip() for u in env.get("FHIR_SERVER_SUBSCRIPTION_ENDPOINTS", "")
+                                            .split(",") if u.strip()),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 from fhir_server.model.outcome import FHIRError, Issue
 from fhir_server.search.parse import RESULT_PARAMETERS
 from fhir_server.search.query import Query
+from fhir_server.subscriptions.endpoints import EndpointPolicy
 
 if TYPE_CHECKING:  # pragma: no cover
     from fhir_server.access.gate import Principal
@@ -84,8 +85,9 @@ def parse_criteria(parser: "SearchParser", criteria: Any) -> Query:
     return parsed.query
 
 
-def problems(resource: dict, parser: "SearchParser") -> list[Issue]:
-    """What stops this server from running the Subscription (errors with their element)."""
+def problems(resource: dict, parser: "SearchParser", endpoints: EndpointPolicy | None = None) -> list[Issue]:
+    """What stops this server from running the Subscription (errors with their element); with ``endpoints``,
+    an endpoint this server may not send to as well."""
     issues: list[Issue] = []
 
     def error(expression: str, message: str, code: str = "invalid") -> None:
@@ -108,6 +110,8 @@ def problems(resource: dict, parser: "SearchParser") -> list[Issue]:
         elif parts.fragment or parts.username or parts.password:
             error("Subscription.channel.endpoint", "The endpoint URL may not carry credentials or a fragment; send "
                   "credentials in channel.header")
+        elif endpoints is not None and (reason := endpoints.refusal(endpoint)) is not None:
+            error("Subscription.channel.endpoint", reason, "business-rule")
     payload = channel.get("payload")
     if payload is not None and mime(payload) not in JSON_PAYLOADS:
         error("Subscription.channel.payload", f"Payload '{payload}' is not supported: leave it out for empty "
@@ -172,7 +176,7 @@ class SubscriptionValidator:
         issues = self.inner.validate(resource)
         if (isinstance(resource, dict) and resource.get("resourceType") == TYPE
                 and not any(i.severity in ("error", "fatal") for i in issues)):
-            found = problems(resource, self.server.parser)
+            found = problems(resource, self.server.parser, self.server.subscriptions.endpoints)
             if found:
                 return found + issues
             if self.activate:

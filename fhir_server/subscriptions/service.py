@@ -35,7 +35,8 @@ from fhir_server.search.query import AnyOf, Clause, Query
 from fhir_server.services.store_mirror import StoreMirror
 from fhir_server.store.base import StoredResource
 from fhir_server.subscriptions.checks import DELIVERED, TYPE, Definition, definition
-from fhir_server.subscriptions.delivery import Deliveries, Notification, Outcome
+from fhir_server.subscriptions.delivery import Deliveries, Notification, Outcome, send
+from fhir_server.subscriptions.endpoints import EndpointPolicy
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,14 @@ class SubscriptionService(StoreMirror):
                  clock: Callable[[], float] = time.monotonic, **delivery_options: Any) -> None:
         self.server = server
         self.init_mirror(interval, clock)
-        self.deliveries = Deliveries(self._delivered, self._still_wanted, **delivery_options)
+        self.endpoints = EndpointPolicy(getattr(server.settings, "subscription_endpoints", ()))
+        sender = delivery_options.pop("sender", send)
+
+        def guarded(request: Any, timeout: float) -> None:  # checked before every attempt: names may change
+            self.endpoints.check_delivery(request.full_url)
+            sender(request, timeout)
+
+        self.deliveries = Deliveries(self._delivered, self._still_wanted, sender=guarded, **delivery_options)
         self._by_id: dict[str, Definition] = {}
         self._by_type: dict[str, list[Definition]] = {}
         self._versions: dict[str, int] = {}  # newest Subscription version seen per id (any status)

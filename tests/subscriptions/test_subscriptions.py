@@ -95,6 +95,8 @@ def test_channels_other_than_rest_hook_are_refused_clearly(client):
     sub["channel"]["type"] = "websocket"
     assert_refused(post(client, sub), "Subscription.channel.type", "websocket", "rest-hook")
     assert_refused(post(client, subscription("ftp://example.org/x")), "Subscription.channel.endpoint")
+    assert_refused(post(client, subscription("http://169.254.169.254/latest/meta-data")),
+                   "Subscription.channel.endpoint", "never sent")  # a cloud metadata service
     assert_refused(post(client, subscription("http://127.0.0.1:9/hook", payload="application/fhir+xml")),
                    "Subscription.channel.payload", "application/fhir+json")
     assert_refused(post(client, subscription("http://127.0.0.1:9/hook", header=["no colon here"])),
