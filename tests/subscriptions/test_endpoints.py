@@ -84,3 +84,10 @@ def test_a_list_tightened_after_the_fact_stops_deliveries_with_the_reason(guarde
     assert receiver.requests == []
     stored = client.get(f"/fhir/Subscription/{created['id']}").get_json()
     assert stored["status"] == "error" and "operator" in stored["error"], json.dumps(stored)
+
+
+def test_the_allow_list_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FHIR_SERVER_SUBSCRIPTION_ENDPOINTS", f" {ALLOWED}, http://10.0.0.7:8080/hooks ,")
+    assert Settings.from_env().subscription_endpoints == (ALLOWED, "http://10.0.0.7:8080/hooks")
+    monkeypatch.delenv("FHIR_SERVER_SUBSCRIPTION_ENDPOINTS")
+    assert Settings.from_env().subscription_endpoints == ()
