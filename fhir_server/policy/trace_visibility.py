@@ -30,15 +30,18 @@ from fhir_server.store.base import StoredResource
 HIDING = (codes.INVISIBLE_TO_PATIENT, codes.INVISIBLE_TO_REPRESENTATIVES)
 _MARKER = b"INVISIBLE_"  # in the body of any labelled item: the common case is decided without parsing
 PAGE = 200
+_NONE: frozenset[str] = frozenset()
 
 
-def hidden_from(body: Any) -> set[str]:
+def hidden_from(body: Any) -> frozenset[str] | set[str]:
     """The hiding labels an item (its body: bytes, str or dict) carries."""
+    if type(body) is bytes and _MARKER not in body:  # the common case, first
+        return _NONE
     if isinstance(body, str):
         body = body.encode("utf-8")
     if isinstance(body, (bytes, bytearray, memoryview)):
         if _MARKER not in body:
-            return set()
+            return _NONE
         try:
             body = jsonio.loads(bytes(body))
         except Exception:
@@ -50,7 +53,8 @@ def hidden_from(body: Any) -> set[str]:
 
 def hiding_labels(body: Any) -> list[dict]:
     """The ``meta.security`` codings a trace naming this item must carry (the builder's hook)."""
-    return [{"system": codes.VISIBILITY, "code": code} for code in sorted(hidden_from(body))]
+    found = hidden_from(body)
+    return [{"system": codes.VISIBILITY, "code": code} for code in sorted(found)] if found else []
 
 
 class TraceRelabeller:
