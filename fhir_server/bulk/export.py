@@ -216,7 +216,10 @@ def _patients(server: Any, principal: Principal, kind: str, group: str | None, r
             raise FHIRError.of(400, "not-supported", problem, "patient")
         issues.append(Issue("warning", "not-supported", f"{problem}; it was ignored", "patient"))
         return None
-    members = set(group_member_ids(server, group)) if kind == "group" and group else None
+    try:
+        members = set(group_member_ids(server, group)) if kind == "group" and group else None
+    except GroupGone as exc:
+        raise FHIRError.of(404, "not-found", str(exc)) from None
     ids = []
     for reference in references:
         parsed = parse_reference(reference.strip(), server.indexer.resource_types)
