@@ -5,6 +5,7 @@ the response (status, ETag, Location, Prefer). They hold no FHIR logic of their 
 """
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, g, request
@@ -150,19 +151,20 @@ def _history(rtype: str | None, rid: str | None) -> Response:
     if not count.isdigit():
         raise FHIRError.of(400, "invalid", "_count must be a non-negative integer", "_count")
     since = _instant_arg("_since")
-    at = _instant_arg("_at")
+    at = _instant_arg("_at", period=True)
     page = fhir().resources.history(g.principal, rtype, rid, since=since, at=at,
                                     count=min(int(count), 1000), cursor=args.get("_page"))
     return respond(history_bundle(page, base_url(), request.path, args))
 
 
-def _instant_arg(name: str) -> str | None:
+def _instant_arg(name: str, period: bool = False) -> Any:
+    """The instant a date parameter starts at, or with ``period`` the (start, end) of its period."""
     value = request.args.get(name)
     if value is None:
         return None
-    from fhir_server.model.dates import format_instant, parse_range
+    from fhir_server.model.dates import period_instants
     try:
-        return format_instant(parse_range(value)[0])
+        return period_instants(value) if period else period_instants(value)[0]
     except ValueError:
         raise FHIRError.of(400, "invalid", f"{name} must be a FHIR instant, not '{value}'", name) from None
 

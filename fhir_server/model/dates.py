@@ -118,6 +118,13 @@ def _parse_range(value: str) -> tuple[int, int]:
     return max(low, DATE_MIN), min(high, DATE_MAX)
 
 
+def period_instants(value: str) -> tuple[str, str]:
+    """The instants a FHIR date/dateTime/instant's period starts at and ends before (``2026-11-26`` ->
+    midnight that day, midnight the next): R4 history's ``_at`` period. ValueError if not a date."""
+    low, high = parse_range(value)
+    return format_instant(low), format_instant(high + 1)
+
+
 def format_instant(us: int) -> str:
     """Microseconds since the epoch -> ISO 8601 instant in UTC (``...Z``).
 

@@ -448,7 +448,7 @@ class BundleService:
 
     @staticmethod
     def _history_args(entry: Entry, params: list[tuple[str, str]]) -> dict[str, Any]:
-        from fhir_server.model.dates import format_instant, parse_range
+        from fhir_server.model.dates import period_instants
         args = dict(params)
         count = args.get("_count", "50")
         if not count.isdigit():
@@ -461,7 +461,7 @@ class BundleService:
                 out[key] = None
                 continue
             try:
-                out[key] = format_instant(parse_range(value)[0])
+                out[key] = period_instants(value) if key == "at" else period_instants(value)[0]
             except ValueError:
                 raise entry_error(entry, 400, "invalid", f"{name} must be a FHIR instant, not '{value}'",
                                   "request.url") from None

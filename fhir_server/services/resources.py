@@ -493,12 +493,14 @@ class ResourceService:
 
     # -- history -----------------------------------------------------------------------------
     def history(self, principal: Principal, rtype: str | None, rid: str | None, *, since: str | None,
-                at: str | None, count: int, cursor: str | None) -> HistoryPage:
-        """History. For a principal the gate limits (a patient/ token, granular scopes), instance history
+                at: tuple[str, str] | None, count: int, cursor: str | None) -> HistoryPage:
+        """History; ``at`` is ``_at``'s period (start, end): the versions current at some point of it.
+        For a principal the gate limits (a patient/ token, granular scopes), instance history
         needs the current version within reach (404 like an unknown id otherwise) and shows only the
         versions within reach (checked in memory; no total); type and system history are 403
         for it: old versions are not in the index, so they cannot be filtered by query."""
         interaction = "history-instance" if rid else "history-type" if rtype else "history-system"
+        bounds = {"since": since, "before": at[1] if at else None, "current_from": at[0] if at else None}
         if rtype is not None:
             self.served(rtype, interaction)
         self.gate.authorize(principal, interaction, rtype, None)
@@ -512,8 +514,8 @@ class ResourceService:
                                    "and past versions cannot be filtered; use instance history "
                                    "([type]/[id]/_history) or search")
             # types held to standing rules only matter when they have versions in this range (one probe each)
-            limited = {t for t in limited if self.store.history(t, None, since=since, before=at, count=1).entries}
-            page = self.store.history(rtype, rid, since=since, before=at, count=count, cursor=cursor)
+            limited = {t for t in limited if self.store.history(t, None, **bounds, count=1).entries}
+            page = self.store.history(rtype, rid, **bounds, count=count, cursor=cursor)
             if not limited:
                 return page
             # only rules every principal is held to (e.g. the care history's window): checked per version
@@ -526,7 +528,7 @@ class ResourceService:
         if limited and not self.visible(principal, interaction, rtype, rid) \
                 or not limited and self.store.read(rtype, rid) is None:
             raise not_found(f"{rtype}/{rid} is not known")
-        page = self.store.history(rtype, rid, since=since, before=at, count=count, cursor=cursor)
+        page = self.store.history(rtype, rid, **bounds, count=count, cursor=cursor)
         if not limited:
             return page
         entries = [e for e in page.entries if self.version_visible(principal, interaction, e)]

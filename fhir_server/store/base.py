@@ -126,8 +126,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def history(self, rtype: str | None = None, rid: str | None = None, *, since: str | None = None,
-                before: str | None = None, count: int = 50, cursor: str | None = None) -> HistoryPage:
-        """Versions newest first; ``since``/``before`` are FHIR instants; paging by opaque cursor."""
+                before: str | None = None, current_from: str | None = None, count: int = 50,
+                cursor: str | None = None) -> HistoryPage:
+        """Versions newest first; paging by opaque cursor. ``since``/``before`` (FHIR instants) bound the
+        versions' lastUpdated (``before`` exclusive); ``current_from`` leaves out the versions superseded at
+        or before it (with ``before``: the versions current at some point of a period, R4 ``_at``)."""
 
     @abc.abstractmethod
     def search(self, query: Any, *, count: int, cursor: str | None = None) -> "SearchPage":

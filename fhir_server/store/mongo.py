@@ -473,8 +473,11 @@ class MongoStore(Store):
         return out
 
     def history(self, rtype: str | None = None, rid: str | None = None, *, since: str | None = None,
-                before: str | None = None, count: int = 50, cursor: str | None = None) -> HistoryPage:
-        """Newest first: by version for one resource, else by (lu, insertion) descending."""
+                before: str | None = None, current_from: str | None = None, count: int = 50,
+                cursor: str | None = None) -> HistoryPage:
+        """Newest first: by version for one resource, else by (lu, insertion) descending. With
+        ``current_from``, each candidate's next version is looked up (by the ``(type, id, version)`` index)
+        and the total is not counted."""
         where: dict = {}
         if rtype:
             where["type"] = rtype
@@ -502,8 +505,20 @@ class MongoStore(Store):
             except (KeyError, TypeError, ValueError, InvalidId):
                 raise PageExpired() from None
         projection = {**RESOURCE_PROJECTION, "lu": 1}
-        docs = list(self.versions.find(page_filter, projection).sort(order).limit(count + 1))
-        total = self.versions.count_documents(where) if cursor is None else None
+        if current_from:
+            until = _lu(current_from)
+            docs = []
+            for doc in self.versions.find(page_filter, projection).sort(order):
+                superseded = self.versions.find_one({"type": doc["type"], "id": doc["id"],
+                                                     "version": doc["version"] + 1, "lu": {"$lte": until}}, {"_id": 1})
+                if superseded is None:
+                    docs.append(doc)
+                    if len(docs) > count:
+                        break
+            total = None
+        else:
+            docs = list(self.versions.find(page_filter, projection).sort(order).limit(count + 1))
+            total = self.versions.count_documents(where) if cursor is None else None
         more = len(docs) > count
         docs = docs[:count]
         next_cursor = None

@@ -698,7 +698,8 @@ class SQLiteStore(Store):
         return out
 
     def history(self, rtype: str | None = None, rid: str | None = None, *, since: str | None = None,
-                before: str | None = None, count: int = 50, cursor: str | None = None) -> HistoryPage:
+                before: str | None = None, current_from: str | None = None, count: int = 50,
+                cursor: str | None = None) -> HistoryPage:
         where, args = [], []
         if rtype:
             where.append("v.type=?")
@@ -712,6 +713,10 @@ class SQLiteStore(Store):
         if before:
             where.append("v.lu<?")
             args.append(_lu(before))
+        if current_from:  # not superseded by then: no next version written at or before it
+            where.append("NOT EXISTS (SELECT 1 FROM versions n WHERE n.type=v.type AND n.id=v.id"
+                         " AND n.version=v.version+1 AND n.lu<=?)")
+            args.append(_lu(current_from))
         if cursor:
             where.append("v.vrow<?")
             args.append(int(decode_cursor(cursor)["v"]))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 import threading
 from pathlib import Path
 
@@ -258,6 +259,26 @@ def test_delete_then_read_is_410_and_history_keeps_every_version(client):
     recreated = put(client, dict(created))
     assert recreated.status_code == 201 and recreated.get_json()["meta"]["versionId"] == "3"
 
+
+
+def test_history_at_gives_the_versions_current_at_some_point_of_the_period(client):
+    created = post(client, patient()).get_json()
+    url = f"/fhir/Patient/{created['id']}"
+    time.sleep(0.002)  # distinct lastUpdated instants (milliseconds)
+    updated = put(client, dict(created, gender="male")).get_json()
+    first, second = created["meta"]["lastUpdated"], updated["meta"]["lastUpdated"]
+    assert first < second
+
+    def versions(at: str) -> list[str]:
+        response = client.get(f"{url}/_history", query_string={"_at": at})
+        assert response.status_code == 200, response.get_json()
+        return [e["resource"]["meta"]["versionId"] for e in response.get_json().get("entry", [])]
+
+    assert versions(first) == ["1"]  # only version 1 was current then
+    assert versions(second) == ["2"]
+    assert versions(first[:10]) == ["2", "1"]  # the whole day: both were current during it
+    assert versions("2001-01-01") == []
+    assert client.get(f"{url}/_history?_at=yesterday").status_code == 400
 
 def test_conditional_delete(client):
     post(client, patient(identifier=[{"system": "urn:test", "value": "gone"}]))

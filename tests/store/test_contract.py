@@ -63,6 +63,26 @@ def test_every_version_stays_readable_and_history_is_newest_first(store):
     assert [v.version for v in since.entries] == [3, 2]
 
 
+
+def test_history_keeps_the_versions_current_during_a_period(store):
+    # a: v1 Jan 1, v2 Jan 3, v3 (deleted) Jan 5; b: v1 Jan 2 only
+    put(store, version("a", 1, when="2026-01-01T00:00:00.000000Z"))
+    put(store, version("b", 1, when="2026-01-02T00:00:00.000000Z"))
+    put(store, version("a", 2, when="2026-01-03T00:00:00.000000Z"), expected=1)
+    put(store, version("a", 3, deleted=True, when="2026-01-05T00:00:00.000000Z"), expected=2)
+
+    def current(start: str, end: str, **kw) -> list[tuple[str, int]]:
+        page = store.history("Patient", before=end, current_from=start, count=10, **kw)
+        return sorted((v.id, v.version) for v in page.entries)
+
+    assert current("2026-01-02T12:00:00Z", "2026-01-02T12:00:01Z") == [("a", 1), ("b", 1)]
+    assert current("2026-01-03T00:00:00Z", "2026-01-04T00:00:00Z") == [("a", 2), ("b", 1)]  # a.1 ended at its start
+    assert current("2026-01-02T00:00:00Z", "2026-01-06T00:00:00Z") == [("a", 1), ("a", 2), ("a", 3), ("b", 1)]
+    assert current("2025-12-01T00:00:00Z", "2026-01-01T00:00:00Z") == []  # before anything
+    assert current("2026-02-01T00:00:00Z", "2026-02-02T00:00:00Z") == [("a", 3), ("b", 1)]  # a deleted since
+    one = store.history("Patient", "a", before="2026-01-04T00:00:00Z", current_from="2026-01-03T12:00:00Z", count=10)
+    assert [v.version for v in one.entries] == [2]
+
 def test_history_pages_with_an_opaque_cursor(store):
     for i in range(5):
         put(store, version(f"p{i}", 1))
