@@ -1,4 +1,4 @@
-"""Operators' commands: ``fhir-server clients add``, ``users add``, ``launch``.
+"""Operators' commands: ``fhir-server clients add|revoke``, ``users add``, ``launch``.
 
 Each takes ``--store URL`` like ``serve`` (default ``$FHIR_SERVER_STORE``), writes into the store's
 database (so a running server sees the change at once) and prints exactly one JSON object on
@@ -34,6 +34,10 @@ def add_parsers(sub) -> None:
     keys.add_argument("--jwks-url", help="URL of the client's public JWKS (private_key_jwt)")
     add.add_argument("--grant", choices=["authorization_code", "client_credentials"],
                      default="authorization_code")
+    revoke = clients_sub.add_parser("revoke", help="withdraw a client: no new token, and the tokens it holds "
+                                                   "stop working (within seconds); its subscriptions stop")
+    revoke.add_argument("--store", help=STORE_HELP)
+    revoke.add_argument("client_id")
 
     users = sub.add_parser("users", help="manage user accounts")
     users_sub = users.add_subparsers(dest="action", required=True)
@@ -80,7 +84,10 @@ def _run(args, action) -> int:
 
 
 def clients(args: argparse.Namespace) -> int:
-    from auth.registry import RegistryError, register_client
+    from auth.registry import RegistryError, register_client, revoke_client
+
+    if args.action == "revoke":
+        return _run(args, lambda auth_store: revoke_client(auth_store, args.client_id, time.time()))
 
     def add(auth_store) -> dict:
         jwks = None

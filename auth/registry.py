@@ -150,6 +150,18 @@ def register_client(store: AuthStore, *, name: str, now: float, redirect_uris: l
     return {k: v for k, v in record.items() if k != "client_secret_hash"}, secret
 
 
+
+def revoke_client(store: AuthStore, client_id: str, now: float) -> dict:
+    """Withdraw a client application: the token endpoint no longer knows it, and the access tokens it holds
+    stop working at every verifier of this store within a few seconds (``TokenAuthority.client_revoked``).
+    Kept (marked ``revoked_at``), not deleted: its traces and subscriptions still name it."""
+    if store.get("clients", client_id, now) is None:
+        raise RegistryError(f"no client {client_id!r}")
+    record = store.update("clients", client_id, lambda old: dict(old or {}, revoked_at=(old or {}).get("revoked_at")
+                                                                    or now), now)
+    return {"client_id": client_id, "client_name": record.get("client_name"), "revoked_at": record["revoked_at"]}
+
+
 def create_launch(store: AuthStore, *, patient: str, now: float, user: str | None = None,
                   encounter: str | None = None, ttl: int = LAUNCH_TTL) -> dict:
     """An EHR launch context: the ``launch`` value binds an authorization request to this patient."""

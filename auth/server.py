@@ -478,7 +478,7 @@ class SmartAuth:
         if not isinstance(client_id, str) or not client_id:
             return None
         record = self.store.get("clients", client_id, self.now())
-        return Client(record) if record else None
+        return Client(record) if record and not record.get("revoked_at") else None  # revoked: unknown
 
     def account(self, username: str):
         return find_account(self.store, username, self.now())
@@ -683,7 +683,8 @@ class SmartAuth:
             except TokenError:
                 claims = None
             if claims and isinstance(claims.get("exp"), (int, float)) and claims.get("jti"):
-                return AccessToken(claims, now, self.authority.is_revoked(claims["jti"]))
+                return AccessToken(claims, now, self.authority.is_revoked(claims["jti"])
+                                   or self.authority.client_revoked(claims.get("client_id")))
         record = self.store.get("refresh_tokens", token_key(token_string), now)
         if record is None:
             return None

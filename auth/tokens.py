@@ -28,6 +28,7 @@ from auth.storage import AuthStore, open_auth_store
 
 ALGORITHM = "RS256"
 LEEWAY = 60
+CLIENT_CHECK_TTL = 5.0  # seconds a client's revocation status is trusted in one process
 
 
 class TokenError(Exception):
@@ -42,6 +43,7 @@ class TokenAuthority:
         self._private: RSAKey | None = None
         self._public: KeySet | None = None
         self._jwks: dict | None = None
+        self._clients_checked: dict[str, tuple[float, bool]] = {}  # client_id -> (when looked up, revoked)
 
     # -- keys -----------------------------------------------------------------------------------------------
     def signing_key(self) -> RSAKey:
@@ -109,6 +111,23 @@ class TokenAuthority:
         if not isinstance(jti, str) or not jti:
             return True
         return self.auth_store.get("revoked", jti, self.clock()) is not None
+
+    def client_revoked(self, client_id: Any) -> bool:
+        """Whether the client a token was issued to has been withdrawn (``fhir-server clients revoke``).
+        Looked up at most every ``CLIENT_CHECK_TTL`` seconds per client in this process, so a revocation
+        takes effect everywhere within that delay without a store read per request."""
+        if not isinstance(client_id, str) or not client_id:
+            return False
+        now = self.clock()
+        cached = self._clients_checked.get(client_id)
+        if cached is not None and now - cached[0] < CLIENT_CHECK_TTL:
+            return cached[1]
+        record = self.auth_store.get("clients", client_id, now)
+        revoked = bool(record and record.get("revoked_at"))
+        if len(self._clients_checked) > 10_000:
+            self._clients_checked.clear()
+        self._clients_checked[client_id] = (now, revoked)
+        return revoked
 
     def revoke(self, jti: str, exp: float | None) -> None:
         """Deny ``jti`` until it would have expired anyway (plus the verifiers' leeway)."""

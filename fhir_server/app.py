@@ -215,17 +215,21 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     and ``bulk_worker=True`` in each worker process (one background export thread per process)."""
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store_url)
+    # whether a client application was withdrawn (fhir-server clients revoke), with the in-process authorization server
+    client_revoked: Callable[[str], bool] | None = None
     if gate is None and settings.insecure_no_auth:
         gate = OpenGate()
     elif gate is None:  # SMART access tokens of the in-process authorization server (auth/), ADR 0005
         from auth import token_authority
         from fhir_server.access.smart import build_gate
+        client_revoked = lambda client: token_authority(store).client_revoked(client)  # noqa: E731
         gate = build_gate(settings, lambda: token_authority(store).jwks(),
-                          lambda jti: token_authority(store).is_revoked(jti))
+                          lambda jti: token_authority(store).is_revoked(jti), client_revoked=client_revoked)
     app = FHIRFlask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     server = FHIRServer(settings, engine or Engine.build(), store, gate)
     app.extensions["fhir"] = server
+    server.subscriptions.owner_revoked = client_revoked  # a withdrawn client's subscriptions stop too
     from fhir_server import audit  # every access traced as an AuditEvent (docs/adr/0008-traceability.md)
     audit.install(app, server)
 

@@ -327,14 +327,16 @@ def _server_root(fhir_base: str) -> str:
 
 
 def build_gate(settings: Any, key_source: KeySource, is_revoked: Callable[[str], bool] | None = None, *,
-               issuer: str | None = None, audience: str | None = None) -> SmartGate:
+               issuer: str | None = None, audience: str | None = None,
+               client_revoked: Callable[[str], bool] | None = None) -> SmartGate:
     """The SMART gate of a server with these settings.
 
     ``key_source``: a callable returning the authorization server's current public JWKS (a dict
     ``{"keys": [...]}``, or a joserfc ``KeySet``) — in-process, e.g.
     ``lambda: auth.token_authority(store).jwks()`` — or the JWKS URL of a separate authorization
     server (fetched, cached five minutes). ``is_revoked(jti) -> bool``: the revocation deny list
-    when the authorization server shares the store (None otherwise).
+    when the authorization server shares the store (None otherwise); ``client_revoked(client_id) -> bool``:
+    whether the token's client application was withdrawn (likewise).
 
     ``audience`` defaults to the FHIR base URL (``settings.base_url``, else the request's host +
     ``/fhir``), ``issuer`` to its server root + ``/auth`` (as ``auth/`` derives them).
@@ -354,7 +356,8 @@ def build_gate(settings: Any, key_source: KeySource, is_revoked: Callable[[str],
     from fhir_server.policy.relations import RecordPolicy
     policy = RecordPolicy(**{name: getattr(settings, name) for name in RecordPolicy.__dataclass_fields__
                              if getattr(settings, name, None) is not None})
-    verifier = TokenVerifier(key_source, audience=fhir_base, issuer=expected_issuer, is_revoked=is_revoked)
+    verifier = TokenVerifier(key_source, audience=fhir_base, issuer=expected_issuer, is_revoked=is_revoked,
+                             client_revoked=client_revoked)
     return RecordGate(verifier, policy, clock=getattr(settings, "clock", None))
 
 

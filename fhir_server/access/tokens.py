@@ -124,12 +124,14 @@ class TokenVerifier:
     """
 
     def __init__(self, keys: KeySource | KeyCache, *, audience: Text, issuer: Text | None,
-                 is_revoked: Callable[[str], bool] | None = None, leeway: int = LEEWAY,
+                 is_revoked: Callable[[str], bool] | None = None,
+                 client_revoked: Callable[[str], bool] | None = None, leeway: int = LEEWAY,
                  clock: Callable[[], float] = time.time):
         self.keys = keys if isinstance(keys, KeyCache) else KeyCache(keys, clock=clock)
         self.audience = audience
         self.issuer = issuer
         self.is_revoked = is_revoked
+        self.client_revoked = client_revoked  # the client application was withdrawn (operators)
         self.leeway = leeway
         self.clock = clock
 
@@ -178,3 +180,6 @@ class TokenVerifier:
             raise InvalidToken("the token has no identifier (jti)")
         if self.is_revoked is not None and self.is_revoked(jti):
             raise InvalidToken("the token has been revoked")
+        client = claims.get("client_id")
+        if self.client_revoked is not None and isinstance(client, str) and self.client_revoked(client):
+            raise InvalidToken("the client application this token was issued to has been revoked")

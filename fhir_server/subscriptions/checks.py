@@ -48,6 +48,7 @@ class Definition:
     headers: tuple[tuple[str, str], ...]
     payload: str | None  # None: empty notification; else the mime type of the resource sent
     end: datetime | None
+    owner: str | None = None  # the owner tag's code: the client (or user) that subscribed
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.end is not None and self.end <= (now or datetime.now(timezone.utc))
@@ -146,10 +147,12 @@ def definition(rid: str, version: int, resource: dict, parser: "SearchParser") -
     headers = tuple((m.group(1), m.group(2).strip()) for m in (_HEADER.fullmatch(h) for h in channel.get("header") or ()))
     end = resource.get("end")
     query = parse_criteria(parser, resource["criteria"])
+    owner = next((t.get("code") for t in (resource.get("meta") or {}).get("tag") or ()
+                  if isinstance(t, dict) and t.get("system") == OWNER_SYSTEM), None)
     return Definition(rid, version, resource.get("status", ""), query.types[0], resource["criteria"].strip(), query,
                       channel["endpoint"], headers,
                       mime(channel["payload"]) if channel.get("payload") is not None else None,
-                      parse_instant(end) if isinstance(end, str) else None)
+                      parse_instant(end) if isinstance(end, str) else None, owner)
 
 
 def owner_of(principal: "Principal") -> str:

@@ -51,6 +51,9 @@ class SubscriptionService(StoreMirror):
         self.server = server
         self.init_mirror(interval, clock)
         self.endpoints = EndpointPolicy(getattr(server.settings, "subscription_endpoints", ()))
+        # whether an owner (a client id) was withdrawn: set by the app when the authorization server shares the
+        # store (``fhir-server clients revoke``); its subscriptions are then turned off at their next match
+        self.owner_revoked: Callable[[str], bool] | None = None
         sender = delivery_options.pop("sender", send)
 
         def guarded(request: Any, timeout: float) -> None:  # checked before every attempt: names may change
@@ -161,6 +164,11 @@ class SubscriptionService(StoreMirror):
         for sub in candidates:
             if sub.expired():
                 self._set_status(sub, "off", None)
+                continue
+            if sub.owner and self.owner_revoked is not None and self.owner_revoked(sub.owner):
+                when = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+                self._set_status(sub, "off", f"{when}: turned off: the client application that owns it "
+                                 f"({sub.owner}) was revoked")
                 continue
             if stored.deleted:
                 if previous is None:

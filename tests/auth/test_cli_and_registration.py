@@ -77,6 +77,22 @@ def test_cli_reads_the_store_from_the_environment(tmp_path, capsys, monkeypatch)
     assert status == 0 and (tmp_path / "env.sqlite3").exists()
 
 
+
+def test_clients_revoke_withdraws_a_client_from_the_token_endpoint(tmp_path, capsys, clock):
+    url = f"sqlite:///{tmp_path / 'fhir.sqlite3'}"
+    _, public = run(capsys, "clients", "add", "--store", url, "--name", "Patient app", "--public",
+                    "--redirect-uri", "http://127.0.0.1:9999/callback")
+    status, revoked = run(capsys, "clients", "revoke", "--store", url, public["client_id"])
+    assert status == 0 and revoked["client_id"] == public["client_id"] and revoked["revoked_at"]
+    status, refused = run(capsys, "clients", "revoke", "--store", url, "no-such-client")
+    assert status == 2 and "no-such-client" in refused["error"]
+    from fhir_server.store.sqlite import SQLiteStore
+    store = SQLiteStore(tmp_path / "fhir.sqlite3")
+    env = Env(store, tmp_path / "outbox", clock)
+    assert env.smart.client(public["client_id"]) is None  # unknown to the token endpoint
+    assert env.smart.authority.client_revoked(public["client_id"])
+    store.close()
+
 def test_dynamic_registration_of_a_public_app(env):
     response = env.client.post("/auth/register", json={
         "client_name": "Registered app", "redirect_uris": ["http://127.0.0.1:9999/callback"],
