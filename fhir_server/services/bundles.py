@@ -56,6 +56,10 @@ MAX_ENTRIES = 10_000
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 READ_METHODS = ("GET", "HEAD")
 JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+#: a PATCH entry's Binary contentType -> (the shape its data must have, what to say when it has not)
+PATCH_SHAPES = {JSON_PATCH: (list, "a JSON Patch is an array of operations (RFC 6902)"),
+                MERGE_PATCH: (dict, "a JSON Merge Patch is an object (RFC 7386)")}
 TYPE = r"[A-Z][A-Za-z]{1,63}"
 ID = r"[A-Za-z0-9\-.]{1,64}"
 ID_RE = re.compile(f"^{ID}$")
@@ -341,8 +345,9 @@ class BundleService:
             self.parser.criteria(entry.rtype, entry.if_none_exist)
 
     @staticmethod
-    def _patch_body(entry: Entry, resource: Any) -> list:
-        """The JSON Patch of a PATCH entry: a Binary of application/json-patch+json (bundle.html "Patch")."""
+    def _patch_body(entry: Entry, resource: Any) -> list | dict:
+        """The patch of a PATCH entry: a Binary (bundle.html "Patch") holding a JSON Patch
+        (application/json-patch+json, an array) or a JSON Merge Patch (application/merge-patch+json, an object)."""
         if not isinstance(resource, dict):
             raise entry_error(entry, 400, "required", "a PATCH entry needs a resource: a Binary holding a JSON "
                               f"Patch ({JSON_PATCH}, base64 data)", "resource")
@@ -353,21 +358,20 @@ class BundleService:
             raise entry_error(entry, 400, "invalid", "a PATCH entry's resource must be a Binary holding a JSON "
                               f"Patch, not {resource.get('resourceType')!r}", "resource.resourceType")
         content_type = str(resource.get("contentType", "")).split(";")[0].strip().lower()
-        if content_type != JSON_PATCH:
-            raise entry_error(entry, 400, "not-supported", f"the Binary's contentType must be {JSON_PATCH}, "
-                              f"not {resource.get('contentType')!r}", "resource.contentType")
+        shape = PATCH_SHAPES.get(content_type)
+        if shape is None:
+            raise entry_error(entry, 400, "not-supported", f"the Binary's contentType must be {JSON_PATCH} or "
+                              f"{MERGE_PATCH}, not {resource.get('contentType')!r}", "resource.contentType")
         data = resource.get("data")
         if not isinstance(data, str) or not data:
-            raise entry_error(entry, 400, "required", "the Binary carries no data (base64 JSON Patch)",
-                              "resource.data")
+            raise entry_error(entry, 400, "required", "the Binary carries no data (base64 JSON)", "resource.data")
         try:
             patch = jsonio.loads(base64.b64decode(data, validate=True))
         except (binascii.Error, ValueError) as exc:
             raise entry_error(entry, 400, "structure", f"the Binary data is not base64 JSON: {exc}",
                               "resource.data") from None
-        if not isinstance(patch, list):
-            raise entry_error(entry, 400, "structure", "a JSON Patch is an array of operations (RFC 6902)",
-                              "resource.data")
+        if not isinstance(patch, shape[0]):
+            raise entry_error(entry, 400, "structure", shape[1], "resource.data")
         return patch
 
     def _parse_read(self, principal: Principal, entry: Entry, segments: list[str], query: str, base: str,

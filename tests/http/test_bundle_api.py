@@ -418,6 +418,17 @@ def test_conditional_patch_entry(client):
     assert client.get(f"/fhir/Patient/{existing['id']}").get_json()["gender"] == "other"
 
 
+
+def test_patch_entry_may_carry_a_json_merge_patch(client):
+    existing = create(client, patient("merge-me", birthDate="1980-01-01"))
+    merge = {"resourceType": "Binary", "contentType": "application/merge-patch+json",
+             "data": base64.b64encode(json.dumps({"gender": "male", "birthDate": None}).encode()).decode()}
+    response = send(client, bundle("transaction", {"resource": merge,
+                                                   "request": {"method": "PATCH", "url": f"Patient/{existing['id']}"}}))
+    assert response.status_code == 200, response.get_json()
+    current = client.get(f"/fhir/Patient/{existing['id']}").get_json()
+    assert current["gender"] == "male" and "birthDate" not in current and current["meta"]["versionId"] == "2"
+
 def test_a_patch_that_is_not_a_json_patch_binary_is_refused(client):
     existing = create(client, patient("bad-patch"))
     url = f"Patient/{existing['id']}"
@@ -426,6 +437,8 @@ def test_a_patch_that_is_not_a_json_patch_binary_is_refused(client):
             ({"resourceType": "Binary", "contentType": "application/json", "data": "W10="},
              "Bundle.entry[0].resource.contentType"),
             ({"resourceType": "Binary", "contentType": "application/json-patch+json", "data": "%%%"},
+             "Bundle.entry[0].resource.data"),
+            ({"resourceType": "Binary", "contentType": "application/merge-patch+json", "data": "W10="},  # []
              "Bundle.entry[0].resource.data"),
             ({"resourceType": "Parameters", "parameter": []}, "Bundle.entry[0].resource")):
         response = send(client, bundle("transaction", {"resource": resource,
