@@ -25,7 +25,7 @@ operations_api = Blueprint("operations_api", __name__)
 
 TYPE = "<type:rtype>"
 ID = "<string(minlength=1):rid>"
-EVERYTHING_PARAMS = ("_since", "_type", "_count", "_page")
+EVERYTHING_PARAMS = ("_since", "_type", "_count", "_page", "start", "end")
 IGNORED_PARAMS = ("_format", "_pretty")
 
 
@@ -101,8 +101,9 @@ def _everything(patient: str | None) -> Response:
         if not count_text.isdigit() or int(count_text) < 1:
             raise bad_request("_count must be a positive integer", "_count")
         count = int(count_text)
+    care = (_date(params, "start", 0), _date(params, "end", 1))
     page = _operations().everything(g.principal, patient, since=since, types=types, count=count,
-                                    page=_single(params, "_page"))
+                                    page=_single(params, "_page"), care=care if care != (None, None) else None)
     unused = sorted({k for k, _ in params if k not in EVERYTHING_PARAMS and k not in IGNORED_PARAMS})
     return respond(_everything_bundle(page, params, unused))
 
@@ -150,11 +151,23 @@ def _since(params: list[tuple[str, str]]) -> int | None:
         raise bad_request(f"_since must be a FHIR instant, not '{value}'", "_since") from None
 
 
+def _date(params: list[tuple[str, str]], name: str, bound: int) -> int | None:
+    """``start`` (the first µs of its date) or ``end`` (the last µs of its date), or None."""
+    value = _single(params, name)
+    if value is None:
+        return None
+    from fhir_server.model.dates import parse_range
+    try:
+        return parse_range(value)[bound]
+    except ValueError:
+        raise bad_request(f"{name} must be a FHIR date, not '{value}'", name) from None
+
+
 def _everything_bundle(page: EverythingPage, params: list[tuple[str, str]], unused: list[str]) -> dict:
     base = base_url()
     root = base.rsplit("/fhir", 1)[0] if "/fhir" in base else base
     url = root + request.path
-    kept = [(k, v) for k, v in params if k in ("_since", "_type", "_count")]
+    kept = [(k, v) for k, v in params if k in ("_since", "_type", "_count", "start", "end")]
     self_params = kept + [(k, v) for k, v in params if k == "_page"]
     links = [{"relation": "self", "url": url + ("?" + urlencode(self_params) if self_params else "")}]
     if page.next_page:

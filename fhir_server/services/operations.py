@@ -79,6 +79,9 @@ class _Position:
         return cls(state["i"], state.get("n"), state["t"], state.get("c"))
 
 
+#: R4's "care date" of a resource: the clinical-date search parameter (Encounter, Observation, Procedure...)
+CLINICAL_DATE = "http://hl7.org/fhir/SearchParameter/clinical-date"
+
 def _type_order(rtype: str) -> tuple[int, str]:
     """The fixed order ``$everything`` walks types in: the Patient first, then by name."""
     return (0 if rtype == "Patient" else 1, rtype)
@@ -398,7 +401,7 @@ class OperationService:
 
     def everything(self, principal: Principal, patient: str | None, *, since: int | None = None,
                    types: tuple[str, ...] | None = None, count: int = EVERYTHING_DEFAULT_COUNT,
-                   page: str | None = None) -> EverythingPage:
+                   page: str | None = None, care: tuple[int | None, int | None] | None = None) -> EverythingPage:
         """``Patient/[id]/$everything`` (or every patient the principal may see when ``patient`` is None).
 
         Matches are the Patient itself (and patients whose ``link`` points at it), then every
@@ -419,6 +422,12 @@ class OperationService:
         included, whose lastUpdated is at or after it; includes are not filtered by it (the
         client needs them to resolve the references of what changed). ``types`` (``_type``)
         restricts both the compartment types and the include types.
+
+        ``care`` (µs, from ``start``/``end``: "care dates, not record currency dates") keeps, of the
+        types R4's ``clinical-date`` parameter covers (Encounter, Observation, Procedure, DiagnosticReport,
+        Immunization...), the resources whose care date overlaps the period (an undated one is left out, as
+        a date search would); resources of the other types (the Patient, Condition, MedicationStatement...)
+        have no care date this server can compare and are all kept.
 
         Access: ``gate.authorize(principal, "everything", "Patient")``; then every query is
         extended with the gate's constraints; a type the principal may not search is left
@@ -460,7 +469,8 @@ class OperationService:
         following: _Position | None = None
         try:
             while True:
-                found, following = self._walk_patient(principal, position, walk, since, count - len(matches))
+                found, following = self._walk_patient(principal, position, walk, since, count - len(matches),
+                                                      care)
                 matches += found
                 if following is not None or patient is not None or position.next_patients is None:
                     break
@@ -527,7 +537,8 @@ class OperationService:
         return _Position(found.resources[0].id, found.next_cursor, walk[0], None)
 
     def _walk_patient(self, principal: Principal, position: _Position, walk: list[str], since: int | None,
-                      budget: int) -> tuple[list[StoredResource], _Position | None]:
+                      budget: int, care: tuple[int | None, int | None] | None = None
+                      ) -> tuple[list[StoredResource], _Position | None]:
         """Up to ``budget`` compartment resources of one patient from ``position``; and where the next page starts
         (None once this patient is done)."""
         start = next((i for i, t in enumerate(walk) if _type_order(t) >= _type_order(position.rtype)), len(walk))
@@ -535,7 +546,7 @@ class OperationService:
         found: list[StoredResource] = []
         for index in range(start, len(walk)):
             rtype = walk[index]
-            query = self.search.constrained(principal, self.compartment_query(rtype, position.patient, since))
+            query = self.search.constrained(principal, self.compartment_query(rtype, position.patient, since, care))
             page = self.store.search(query, count=budget - len(found), cursor=cursor)
             found += page.resources
             if page.next_cursor is not None:
@@ -547,8 +558,10 @@ class OperationService:
                 return found, None
         return found, None
 
-    def compartment_query(self, rtype: str, patient: str, since: int | None = None) -> Query:
-        """The resources of ``rtype`` in the patient's compartment (for Patient: itself and who links to it)."""
+    def compartment_query(self, rtype: str, patient: str, since: int | None = None,
+                          care: tuple[int | None, int | None] | None = None) -> Query:
+        """The resources of ``rtype`` in the patient's compartment (for Patient: itself and who links to it);
+        with ``care``, those whose clinical date overlaps it, for the types that have one."""
         params = self.definitions.patient_compartment.get(rtype) or []
         value = (ReferenceValue("Patient", patient),)
         clauses: list = [Clause(p, "reference", None, value) for p in params]
@@ -557,7 +570,19 @@ class OperationService:
         query = Query(types=(rtype,), clauses=[clauses[0] if len(clauses) == 1 else AnyOf(tuple(clauses))])
         if since is not None:
             query.clauses.append(Clause("_lastUpdated", "date", None, (RangeValue("ge", since, since),)))
+        care_date = self._care_date(rtype) if care is not None else None
+        if care_date is not None:
+            start, end = care
+            if start is not None:
+                query.clauses.append(Clause(care_date, "date", None, (RangeValue("ge", start, start),)))
+            if end is not None:
+                query.clauses.append(Clause(care_date, "date", None, (RangeValue("le", end, end),)))
         return query
+
+    def _care_date(self, rtype: str) -> str | None:
+        """The code of ``rtype``'s care-date parameter: R4's ``clinical-date`` where it applies."""
+        param = self.search.registry.get(rtype, "date")
+        return "date" if param is not None and param.url == CLINICAL_DATE else None
 
     @staticmethod
     def _id_clause(ids: list[str]) -> Clause:

@@ -383,6 +383,24 @@ def test_everything_since_keeps_what_changed(record):
     assert record.get("/fhir/Patient/a/$everything?_since=yesterday").status_code == 400
 
 
+
+def test_everything_start_and_end_keep_the_care_of_that_period(record):
+    # care dates are R4's clinical-date: Observation.effective, Encounter.period...; other types have none
+    put(record, obs("o-2019", "a", effectiveDateTime="2019-06-01"))
+    put(record, obs("o-2021", "a", effectiveDateTime="2021-03-15T10:00:00Z"))
+    put(record, {"resourceType": "Encounter", "id": "e-2021", "status": "finished", "subject": ref("Patient/a"),
+                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                 "period": {"start": "2020-12-30", "end": "2021-01-02"}})
+    pages = walk(record, "/fhir/Patient/a/$everything?start=2021-01-01&end=2021-12-31&_count=3")
+    matches = {k for page in pages for k in keys(page, "match")}
+    assert {"Observation/o-2021", "Encounter/e-2021"} <= matches  # the encounter overlaps the period
+    assert not matches & {"Observation/o-2019", "Observation/o1", "Encounter/e1"}  # out of it, or undated
+    assert {"Patient/a", "Condition/c1", "MedicationStatement/ms1"} <= matches  # no care date: kept
+    assert all("start=2021-01-01" in link["url"] for page in pages for link in page["link"])
+    before = {k for k in keys(everything(record, "/fhir/Patient/a/$everything?end=2020-01-01"), "match")}
+    assert "Observation/o-2019" in before and "Observation/o-2021" not in before
+    assert record.get("/fhir/Patient/a/$everything?start=soon").status_code == 400
+
 def test_everything_pages_with_count_and_next_links(record):
     pages = walk(record, "/fhir/Patient/a/$everything?_count=2")
     matches = [k for page in pages for k in keys(page, "match")]
