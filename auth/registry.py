@@ -150,7 +150,6 @@ def register_client(store: AuthStore, *, name: str, now: float, redirect_uris: l
     return {k: v for k, v in record.items() if k != "client_secret_hash"}, secret
 
 
-
 def revoke_client(store: AuthStore, client_id: str, now: float) -> dict:
     """Withdraw a client application: the token endpoint no longer knows it, and the access tokens it holds
     stop working at every verifier of this store within a few seconds (``TokenAuthority.client_revoked``).
