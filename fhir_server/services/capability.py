@@ -12,6 +12,7 @@ INTERACTION_ORDER = ("read", "vread", "update", "patch", "delete", "history-inst
                      "search-type")
 R4_OPERATION = "http://hl7.org/fhir/OperationDefinition/"
 BULK_OPERATION = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+BULK_DATA_CAPABILITY = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
 VALIDATE = ("validate", R4_OPERATION + "Resource-validate")
 META = [("meta", R4_OPERATION + "Resource-meta"), ("meta-add", R4_OPERATION + "Resource-meta-add"),
         ("meta-delete", R4_OPERATION + "Resource-meta-delete")]
@@ -77,6 +78,8 @@ def capability_statement(definitions: Definitions, registry: SearchParameterRegi
         "date": "2026-11-25",
         "publisher": "fhir-dmp-server",
         "kind": "instance",
+        # the Bulk Data IG asks a server declaring its conformance to name its CapabilityStatement here
+        "instantiates": [BULK_DATA_CAPABILITY],
         "software": {"name": "fhir-dmp-server", "version": __version__},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],

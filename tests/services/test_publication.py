@@ -40,7 +40,9 @@ def test_the_capability_statement_names_each_type_s_record_profile(client):
 
 
 def test_the_capability_statement_lists_the_operations_that_run(client):
-    rest = client.get("/fhir/metadata").get_json()["rest"][0]
+    statement = client.get("/fhir/metadata").get_json()
+    assert statement["instantiates"] == ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"]
+    rest = statement["rest"][0]
     assert {"export", "meta"} <= {o["name"] for o in rest["operation"]}
     patient = next(r for r in rest["resource"] if r["type"] == "Patient")
     assert {"everything", "export", "validate"} <= {o["name"] for o in patient["operation"]}
