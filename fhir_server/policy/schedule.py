@@ -178,9 +178,11 @@ def deletion_trace(patient: str, versions: int, requested: dt.datetime | None, n
 
 # -- helpers -------------------------------------------------------------------------------------------
 def _labelled(server: Any, label: str) -> list:
+    """The record items carrying ``label``. Not the traces: a trace is labelled like the hidden item it names
+    and shown with it (trace_visibility.py); it is no item to announce or lift by itself."""
     definitions = server.definitions
     out = []
-    for rtype in sorted(set(definitions.patient_compartment) & set(definitions.served)):
+    for rtype in sorted(set(definitions.patient_compartment) & set(definitions.served) - {"AuditEvent"}):
         out.extend(_all(server.store, Query(types=(rtype,), clauses=[label_clause(label, None)])))
     return out
 
