@@ -291,5 +291,6 @@ def record_jobs(args: argparse.Namespace) -> int:
     finally:
         server.store.close()
     print(f"{len(report.notified)} patients told of items awaiting announcement, {len(report.lifted)} items made "
-          f"visible to their patient, {len(report.deleted)} closed records deleted")
+          f"visible to their patient, {report.traces_shown} traces of shown items made visible, "
+          f"{len(report.deleted)} closed records deleted")
     return 0

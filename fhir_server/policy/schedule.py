@@ -24,6 +24,7 @@ from fhir_server.model.ids import new_id
 from fhir_server.policy import codes
 from fhir_server.policy.gate import label_clause
 from fhir_server.policy.relations import RecordPolicy, RelationFinder
+from fhir_server.policy.trace_visibility import TraceRelabeller
 from fhir_server.search.query import Clause, Query, ReferenceValue, TokenValue
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class JobReport:
     notified: list[str] = field(default_factory=list)  # items whose patient was told (Type/id)
     lifted: list[str] = field(default_factory=list)  # items made visible to the patient
     deleted: list[str] = field(default_factory=list)  # records physically deleted (patient ids)
+    traces_shown: int = 0  # traces labelled like a hidden item, shown since none of their items is hidden now
 
 
 def run_record_jobs(server: Any, notifier: Any, finder: RelationFinder) -> JobReport:
@@ -48,6 +50,7 @@ def run_record_jobs(server: Any, notifier: Any, finder: RelationFinder) -> JobRe
     now = finder.clock()
     report = JobReport()
     announce(server, notifier, finder.policy, now, report)
+    report.traces_shown = TraceRelabeller(server).sweep()
     delete_closed_records(server, finder.policy, now, report)
     return report
 

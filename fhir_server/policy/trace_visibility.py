@@ -10,7 +10,8 @@ that it exists. So:
   leave labelled items out, traces included (:meth:`~fhir_server.policy.gate.RecordGate.holder_reach`);
 * when the item's label is lifted — by a professional, or by the schedule after a month — the traces
   it hid get their label lifted too, unless another item they name is still hidden
-  (:class:`TraceRelabeller`, a write listener). That is a new version of the trace whose only change
+  (:class:`TraceRelabeller`, a write listener, and :meth:`TraceRelabeller.sweep` in the record's timed
+  jobs for traces that were still queued elsewhere). That is a new version of the trace whose only change
   is ``meta.security``; the labelled version stays in its history.
 
 Professionals' reach is unchanged: the treating doctor's rights show every trace of the record.
@@ -70,13 +71,26 @@ class TraceRelabeller:
         if previous is None or previous.deleted:
             return
         lifted = hidden_from(previous.body) - hidden_from(stored.body)
+        if not lifted:
+            return
+        auditor = getattr(self.server, "audit", None)
+        if auditor is not None:  # this process's traces still queued (an access just before the lift) first
+            auditor.flush(timeout=5.0)
         for label in sorted(lifted):
-            for trace in self._traces(stored.type, stored.id, label):
+            for trace in self._traces(label, (stored.type, stored.id)):
                 self._relabel(trace, label)
 
-    def _traces(self, rtype: str, rid: str, label: str) -> list[StoredResource]:
-        query = Query(types=("AuditEvent",), clauses=[
-            label_clause(label, None), Clause("entity", "reference", None, (ReferenceValue(rtype, rid),))])
+    def sweep(self) -> int:
+        """Show every labelled trace none of whose items is hidden any more; how many were shown. Run with the
+        record's timed jobs: it heals what the listener cannot see (a trace still queued in another process
+        when the item was shown)."""
+        return sum(self._relabel(trace, label) for label in HIDING for trace in self._traces(label))
+
+    def _traces(self, label: str, item: tuple[str, str] | None = None) -> list[StoredResource]:
+        clauses = [label_clause(label, None)]
+        if item is not None:
+            clauses.append(Clause("entity", "reference", None, (ReferenceValue(*item),)))
+        query = Query(types=("AuditEvent",), clauses=clauses)
         out, cursor = [], None
         while True:
             page = self.server.store.search(query, count=PAGE, cursor=cursor)
@@ -85,10 +99,10 @@ class TraceRelabeller:
             if cursor is None:
                 return out
 
-    def _relabel(self, trace: StoredResource, label: str) -> None:
+    def _relabel(self, trace: StoredResource, label: str) -> bool:
         event = jsonio.loads(trace.body)
         if any(label in self._current_labels(ref) for ref in _named_items(event)):
-            return  # another item it names is still hidden
+            return False  # an item it names is still hidden
         meta = dict(event.get("meta") or {})
         security = [c for c in meta.get("security", []) if not (isinstance(c, dict) and c.get("code") == label
                                                                 and c.get("system") == codes.VISIBILITY)]
@@ -99,10 +113,15 @@ class TraceRelabeller:
         resources = self.server.resources
         resources.atomic(lambda tx: resources.system_put_in(tx, dict(event, meta=meta)),
                          what=f"AuditEvent/{trace.id}")
+        return True
 
-    def _current_labels(self, reference: tuple[str, str]) -> set[str]:
-        current = self.server.store.read(*reference)
-        return hidden_from(current.body) if current is not None and not current.deleted else set()
+    def _current_labels(self, reference: tuple[str, str]) -> frozenset[str] | set[str]:
+        """The hiding labels of an item now; of its last version for a deleted one (it stays hidden)."""
+        store = self.server.store
+        current = store.read(*reference)
+        if current is not None and current.deleted:
+            current = store.vread(*reference, current.version - 1) if current.version > 1 else None
+        return hidden_from(current.body) if current is not None and not current.deleted else _NONE
 
 
 def _named_items(event: dict) -> set[tuple[str, str]]:

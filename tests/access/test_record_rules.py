@@ -153,6 +153,36 @@ def test_traces_naming_an_item_hidden_from_the_patient_are_hidden_until_it_is_sh
     assert _system_write(app.extensions["fhir"], lift_label(current, "INVISIBLE_PATIENT"))
     assert {"Observation/o1", "Observation/o2", "Observation/o3"} in _traces(dmp, me)
 
+
+def test_a_trace_still_queued_when_its_item_is_shown_is_shown_too(dmp):
+    gp, me = pro(dmp, "gp"), holder(dmp)
+    write(dmp, gp, observation("o1", "pa", LAB, meta={"security": [{"system": VIS, "code": "INVISIBLE_PATIENT"}]}))
+    assert dmp.get("/fhir/Observation/o1", pro(dmp, "drA")).status_code == 200  # its trace is queued, not written
+    assert label(dmp, gp, "/fhir/Observation/o1", "remove") == 200  # shown at once
+    assert sum(t == {"Observation/o1"} for t in _traces(dmp, me)) >= 3  # creation, read, lifting
+
+
+def test_the_record_jobs_show_traces_whose_items_are_all_shown(dmp):
+    from fhir_server.policy.schedule import run_record_jobs
+    from fhir_server.policy.trace_visibility import TraceRelabeller
+    gp, me = pro(dmp, "gp"), holder(dmp)
+    invisible = {"security": [{"system": VIS, "code": "INVISIBLE_PATIENT"}]}
+    write(dmp, gp, observation("o1", "pa", LAB, meta=invisible))
+    write(dmp, gp, observation("o9", "pa", LAB, meta=invisible))
+    assert dmp.client.delete("/fhir/Observation/o9", headers=gp).status_code == 200  # deleted while hidden
+    _traces(dmp, me)  # (flushes the traces)
+    app = dmp.client.application
+    server = app.extensions["fhir"]
+    server.write_listeners = [f for f in server.write_listeners  # a lift this process's listener does not see
+                              if not isinstance(getattr(f, "__self__", None), TraceRelabeller)]
+    assert label(dmp, gp, "/fhir/Observation/o1", "remove") == 200
+    assert sum("Observation/o1" in t for t in _traces(dmp, me)) == 1  # the lift's own; its creation's stays hidden
+    report = run_record_jobs(server, app.extensions["dmp-notifier"], server.gate.finder)
+    assert report.traces_shown >= 1
+    mine = _traces(dmp, me)
+    assert sum(t == {"Observation/o1"} for t in mine) == 2
+    assert not any("Observation/o9" in t for t in mine)  # a hidden item deleted before being shown stays so
+
 # -- minors and their representatives (rule 8) ---------------------------------------------------------------
 def test_representatives_act_for_a_minor_except_what_is_hidden_from_them_until_majority(dmp, clock):
     gp = pro(dmp, "gp")
