@@ -12,7 +12,8 @@ of the calling thread (``time.thread_time``):
 2. read by id, untraced: the whole WSGI call;
 3. traces: the request thread's share (build the AuditEvent, stamp, serialise and index it) and the writer
    thread's (store it) for batches of 1 to 500 traces per transaction, as the writer thread forms them (few
-   under light load, up to 500 under heavy load);
+   under light load, up to 500 under heavy load); a search's trace, with and without the record rules'
+   labels for hidden items (docs/adr/0012-traces-of-hidden-items.md);
 4. the store alone: one transaction writing one small resource, and its COMMIT.
 
 Each figure is the median of ``--repeat`` runs. CPU of the calling thread only: the trace writer's own
@@ -121,6 +122,10 @@ def create_and_read(count: int, seed: int) -> dict[str, float]:
         for env in reads[:100]:
             call(app, env)
         out["read Patient"] = per_item_ms(lambda: [call(app, env) for env in reads], len(reads))
+        metadata = [environ("GET", "/fhir/metadata") for _ in range(max(count // 10, 10))]
+        call(app, metadata[0])
+        out["read CapabilityStatement (GET /metadata)"] = per_item_ms(
+            lambda: [call(app, env) for env in metadata], len(metadata))
     return out
 
 
@@ -148,6 +153,16 @@ def traces(count: int, seed: int, batches: tuple[int, ...]) -> dict[str, float]:
             mine = rows[n * count:(n + 1) * count]
             out[f"trace: store, batches of {size}"] = per_item_ms(
                 lambda: [write(mine[k:k + size]) for k in range(0, len(mine), size)], len(mine))
+        # a 20-match search's trace, and the same under the record's rules (labels of hidden items, ADR 0012)
+        del records[:]
+        searches = max(count // 10, 10)
+        for _ in range(searches):
+            call(app, environ("GET", "/fhir/Patient?_count=20"))
+        from fhir_server.policy.trace_visibility import hiding_labels
+        for label, hook in (("", None), (", with the record rules' labels", hiding_labels)):
+            auditor.builder.item_labels = hook
+            out[f"trace: build and index a 20-match search (request thread){label}"] = per_item_ms(
+                lambda: [prepare(r) for r in records], len(records))
     return out
 
 
